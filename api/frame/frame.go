@@ -79,21 +79,21 @@ func Decode(buf []byte, maxFrame int) (f Frame, n int, err error) {
 			return Frame{}, 0, ErrMalformed
 		}
 		return Frame{}, 0, nil
-	case hn < 0 || hn > binary.MaxVarintLen32:
+	case hn < 0 || hn > binary.MaxVarintLen32 || (hn > 1 && buf[hn-1] == 0):
 		return Frame{}, 0, ErrMalformed
 	case length == 0:
 		return Frame{}, 0, ErrMalformed
 	case length+uint64(hn) > uint64(maxFrame):
 		return Frame{}, 0, ErrTooLarge
 	}
+	if len(buf) > hn && !Type(buf[hn]).Valid() {
+		return Frame{}, 0, ErrUnknownType
+	}
 	total := hn + int(length)
 	if len(buf) < total {
 		return Frame{}, 0, nil
 	}
 	t := Type(buf[hn])
-	if !t.Valid() {
-		return Frame{}, 0, ErrUnknownType
-	}
 	return Frame{Type: t, Body: buf[hn+1 : total : total]}, total, nil
 }
 
@@ -141,15 +141,9 @@ func NewReader(r io.Reader, maxFrame int) *Reader {
 // It returns io.EOF at a clean end of stream, and io.ErrUnexpectedEOF when
 // the stream ends inside a frame.
 func (r *Reader) Next() (Frame, error) {
-	length, err := binary.ReadUvarint(r.r)
+	length, err := r.readLength()
 	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return Frame{}, io.EOF
-		}
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return Frame{}, err
-		}
-		return Frame{}, ErrMalformed
+		return Frame{}, err
 	}
 	if length == 0 {
 		return Frame{}, ErrMalformed
@@ -157,7 +151,17 @@ func (r *Reader) Next() (Frame, error) {
 	if length+uint64(uvarintLen(length)) > uint64(r.max) {
 		return Frame{}, ErrTooLarge
 	}
-	n := int(length)
+	// Check the type byte before waiting for the body, so garbage (an HTTP
+	// request, say) is rejected at once instead of after a stall.
+	tb, err := r.r.ReadByte()
+	if err != nil {
+		return Frame{}, io.ErrUnexpectedEOF
+	}
+	t := Type(tb)
+	if !t.Valid() {
+		return Frame{}, ErrUnknownType
+	}
+	n := int(length) - 1
 	if cap(r.buf) < n {
 		r.buf = make([]byte, n)
 	}
@@ -168,11 +172,32 @@ func (r *Reader) Next() (Frame, error) {
 		}
 		return Frame{}, err
 	}
-	t := Type(b[0])
-	if !t.Valid() {
-		return Frame{}, ErrUnknownType
+	return Frame{Type: t, Body: b}, nil
+}
+
+// readLength reads the uvarint length prefix, at most MaxVarintLen32 bytes.
+func (r *Reader) readLength() (uint64, error) {
+	var x uint64
+	for i := 0; i < binary.MaxVarintLen32; i++ {
+		b, err := r.r.ReadByte()
+		if err != nil {
+			if i == 0 && errors.Is(err, io.EOF) {
+				return 0, io.EOF
+			}
+			if errors.Is(err, io.EOF) {
+				return 0, io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+		x |= uint64(b&0x7f) << (7 * i)
+		if b < 0x80 {
+			if i > 0 && b == 0 {
+				return 0, ErrMalformed // over-long encoding
+			}
+			return x, nil
+		}
 	}
-	return Frame{Type: t, Body: b[1:]}, nil
+	return 0, ErrMalformed
 }
 
 // Buffered reports how many bytes are already buffered (for tests and metrics).

@@ -137,6 +137,9 @@ type Idempotency interface {
 	// unexpired, in which case it returns the message id that claimed it.
 	// A fresh claim returns "" .
 	Claim(ctx context.Context, appID, key, messageID string, ttl time.Duration) (existing string, err error)
+	// Release removes the claim if it still maps to messageID (the send it
+	// guarded failed, so a retry with the same key must send again).
+	Release(ctx context.Context, appID, key, messageID string) error
 }
 
 // Store is everything above; the embedded and Cassandra engines implement it.

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+
+	herald "github.com/heraldpush/herald/sdk/go"
+)
+
+// listenLine is one received message as printed by listen.
+type listenLine struct {
+	MessageID   string            `json:"message_id"`
+	Kind        string            `json:"kind"`
+	Title       string            `json:"title"`
+	Body        string            `json:"body"`
+	Badge       *int              `json:"badge,omitempty"`
+	Sound       string            `json:"sound,omitempty"`
+	ClickAction string            `json:"click_action,omitempty"`
+	Data        map[string]string `json:"data,omitempty"`
+	SentAtMS    int64             `json:"sent_at_ms,omitempty"`
+	CollapseID  string            `json:"collapse_id,omitempty"`
+}
+
+func (c *cli) listen(ctx context.Context, args []string) error {
+	fs := c.flagSet("listen")
+	key := fs.String("app-key", c.getenv("HERALD_APP_KEY"), "app key (env HERALD_APP_KEY)")
+	device := fs.String("device-id", c.getenv("HERALD_DEVICE_ID"), "device id (env HERALD_DEVICE_ID)")
+	token := fs.String("token", c.getenv("HERALD_DEVICE_TOKEN"), "device token (env HERALD_DEVICE_TOKEN)")
+	limit := fs.Int("count", 0, "exit after this many messages (0 = run until interrupted)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := noPositional("listen", pos); err != nil {
+		return err
+	}
+	if err := require("listen", [2]string{"app-key", *key}, [2]string{"device-id", *device}, [2]string{"token", *token}); err != nil {
+		return err
+	}
+	if *limit < 0 {
+		return usagef("listen: --count must not be negative")
+	}
+
+	var (
+		client   *herald.Client
+		received int
+		mu       sync.Mutex // guards writeErr, set from OnMessage
+		writeErr error
+	)
+	enc := json.NewEncoder(c.stdout)
+	client, err = herald.New(herald.Config{
+		Addrs:    []string{c.gateway},
+		AppKey:   *key,
+		DeviceID: *device,
+		Token:    *token,
+		OnMessage: func(m herald.Message) {
+			line := listenLine{
+				MessageID: m.ID, Kind: m.Kind, Title: m.Title, Body: m.Body, Badge: m.Badge,
+				Sound: m.Sound, ClickAction: m.ClickAction, Data: m.Data, CollapseID: m.CollapseID,
+			}
+			if !m.SentAt.IsZero() {
+				line.SentAtMS = m.SentAt.UnixMilli()
+			}
+			if err := enc.Encode(line); err != nil {
+				mu.Lock()
+				writeErr = err
+				mu.Unlock()
+				_ = client.Close()
+				return
+			}
+			received++
+			if *limit > 0 && received >= *limit {
+				_ = client.Close() // acknowledges this message, then disconnects
+			}
+		},
+		OnState: func(s herald.State, err error) {
+			switch {
+			case s == herald.Connected:
+				fmt.Fprintf(c.stderr, "heraldctl: connected to %s\n", c.gateway)
+			case s == herald.Disconnected && err != nil:
+				fmt.Fprintf(c.stderr, "heraldctl: disconnected: %v\n", err)
+			}
+		},
+	})
+	if err != nil {
+		return usagef("listen: %v", err)
+	}
+	err = client.Run(ctx)
+	mu.Lock()
+	defer mu.Unlock()
+	if writeErr != nil {
+		return fmt.Errorf("write message: %w", writeErr)
+	}
+	if errors.Is(err, context.Canceled) {
+		return nil // interrupted
+	}
+	return err
+}

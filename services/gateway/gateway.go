@@ -1,0 +1,317 @@
+// Package gateway is Herald's access layer: it accepts device connections,
+// authenticates them, keeps their sessions alive with negotiated heartbeats
+// (timed out on one timing wheel, not a timer per connection), binds each
+// session in the routing table, drains the device's offline inbox on connect,
+// and writes the pushes the dispatcher hands it, reporting each one acked,
+// timed out or not here.
+//
+// The I/O layer is one reader goroutine per connection behind the small
+// session type; the connection-scale issue replaces it with an event loop
+// without changing Deliver, Drain or the protocol.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/heraldpush/herald/api/frame"
+	"github.com/heraldpush/herald/pkg/delivery"
+	"github.com/heraldpush/herald/pkg/pushlog"
+	"github.com/heraldpush/herald/pkg/route"
+	"github.com/heraldpush/herald/pkg/store"
+	"github.com/heraldpush/herald/pkg/timewheel"
+)
+
+// Config is the gateway's part of the Herald configuration.
+type Config struct {
+	Addr             string        // device listener, e.g. ":5222" or "127.0.0.1:0"
+	NodeID           string        // this gateway's id in the routing table
+	MaxFrameBytes    int           // largest frame accepted from a device
+	HandshakeTimeout time.Duration // CONNECT must arrive within this
+	Heartbeat        time.Duration // default heartbeat when the client asks for none
+	HeartbeatMin     time.Duration
+	HeartbeatMax     time.Duration
+	AckTimeout       time.Duration // how long Deliver waits for acks
+	Window           int           // unacked pushes per session
+	DrainTimeout     time.Duration // shutdown: reconnects are spread over this window
+	WriteTimeout     time.Duration // a write blocked this long marks a slow consumer
+}
+
+func (c *Config) setDefaults() {
+	if c.NodeID == "" {
+		c.NodeID = "gateway-1"
+	}
+	if c.MaxFrameBytes <= 0 {
+		c.MaxFrameBytes = frame.DefaultMaxFrame
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 4 * time.Minute
+	}
+	if c.HeartbeatMin <= 0 {
+		c.HeartbeatMin = 30 * time.Second
+	}
+	if c.HeartbeatMax <= 0 {
+		c.HeartbeatMax = 10 * time.Minute
+	}
+	if c.AckTimeout <= 0 {
+		c.AckTimeout = 10 * time.Second
+	}
+	if c.Window <= 0 {
+		c.Window = 64
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 10 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+}
+
+// Deps are the gateway's collaborators.
+type Deps struct {
+	Registry store.Registry
+	Inbox    store.Inbox
+	Status   store.Status
+	Routes   route.Table
+	Log      pushlog.Appender // upstream messages
+	Meter    metric.Meter     // nil = no metrics
+}
+
+// Gateway is the access-layer role.
+type Gateway struct {
+	cfg    Config
+	deps   Deps
+	log    *slog.Logger
+	wheel  *timewheel.Wheel
+	nextID atomic.Uint64
+	m      metrics
+
+	mu       sync.RWMutex
+	sessions map[string]*session // by route key
+	conns    map[*session]struct{}
+	closing  bool
+
+	ready chan struct{}
+	addr  atomic.Value // string
+}
+
+// New returns a gateway; Run starts it.
+func New(cfg Config, deps Deps, logger *slog.Logger) (*Gateway, error) {
+	cfg.setDefaults()
+	if deps.Registry == nil || deps.Inbox == nil || deps.Status == nil || deps.Routes == nil || deps.Log == nil {
+		return nil, errors.New("gateway: registry, inbox, status, routes and log are required")
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	meter := deps.Meter
+	if meter == nil {
+		meter = noop.NewMeterProvider().Meter("herald/gateway")
+	}
+	m, err := newMetrics(meter)
+	if err != nil {
+		return nil, err
+	}
+	g := &Gateway{
+		cfg:      cfg,
+		deps:     deps,
+		log:      logger.With("role", "gateway", "node", cfg.NodeID),
+		wheel:    timewheel.New(100*time.Millisecond, 1024),
+		m:        m,
+		sessions: make(map[string]*session),
+		conns:    make(map[*session]struct{}),
+		ready:    make(chan struct{}),
+	}
+	g.addr.Store("")
+	return g, nil
+}
+
+// NodeID is this gateway's routing-table node id.
+func (g *Gateway) NodeID() string { return g.cfg.NodeID }
+
+// Ready is closed once the listener is bound.
+func (g *Gateway) Ready() <-chan struct{} { return g.ready }
+
+// Addr is the bound device listener address (after Ready).
+func (g *Gateway) Addr() string { return g.addr.Load().(string) }
+
+// Run accepts devices until ctx ends, then drains: every session is told to
+// reconnect (close code 3001, retry-after spread over the drain window) and
+// its route is removed.
+func (g *Gateway) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", g.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("gateway: listen %s: %w", g.cfg.Addr, err)
+	}
+	g.addr.Store(ln.Addr().String())
+	wheelCtx, stopWheel := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWheel()
+	go g.wheel.Run(wheelCtx)
+	close(g.ready)
+	g.log.Info("gateway listening", "addr", ln.Addr().String())
+
+	var wg sync.WaitGroup
+	acceptDone := make(chan struct{})
+	go func() {
+		defer close(acceptDone)
+		var delay time.Duration
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+					return
+				}
+				// Out of file descriptors and the like: back off, keep serving.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				g.log.Warn("accept failed", "err", err, "retry_in", delay)
+				time.Sleep(delay)
+				continue
+			}
+			delay = 0
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				g.serve(ctx, c)
+			}()
+		}
+	}()
+	<-ctx.Done()
+	_ = ln.Close()
+	<-acceptDone
+	g.shutdown()
+	wg.Wait()
+	return nil
+}
+
+// shutdown tells every session to reconnect elsewhere, spreading the
+// reconnects over the drain window, and closes them.
+func (g *Gateway) shutdown() {
+	g.mu.Lock()
+	g.closing = true
+	all := make([]*session, 0, len(g.conns))
+	for s := range g.conns {
+		all = append(all, s)
+	}
+	g.mu.Unlock()
+	window := g.cfg.DrainTimeout
+	for _, s := range all {
+		retry := time.Duration(rand.Int64N(int64(window)))
+		s.closeWith(frame.CodeShutdown, "gateway shutting down", retry)
+	}
+}
+
+func (g *Gateway) register(s *session) (old *session, ok bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closing {
+		return nil, false
+	}
+	old = g.sessions[s.key]
+	g.sessions[s.key] = s
+	return old, true
+}
+
+func (g *Gateway) track(s *session) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closing {
+		return false
+	}
+	g.conns[s] = struct{}{}
+	return true
+}
+
+func (g *Gateway) forget(s *session) (wasCurrent bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.conns, s)
+	if s.key != "" && g.sessions[s.key] == s {
+		delete(g.sessions, s.key)
+		return true
+	}
+	return false
+}
+
+func (g *Gateway) lookup(key string) *session {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.sessions[key]
+}
+
+// Sessions is the number of authenticated sessions.
+func (g *Gateway) Sessions() int {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return len(g.sessions)
+}
+
+// Deliver writes each delivery to its session and waits (up to the ack
+// timeout, or ctx) for the device's acks. Deliveries whose session is not
+// here, is draining its inbox, or has a full window come back NotHere.
+func (g *Gateway) Deliver(ctx context.Context, ds []delivery.Delivery) []delivery.Outcome {
+	w := newWaiter(len(ds))
+	bySession := make(map[*session][]int)
+	for i, d := range ds {
+		s := g.lookup(d.Device)
+		if s == nil || s.id != d.ConnID {
+			w.resolve(i, delivery.NotHere)
+			continue
+		}
+		bySession[s] = append(bySession[s], i)
+	}
+	for s, idx := range bySession {
+		s.pushLive(ds, idx, w)
+	}
+	timer := time.NewTimer(g.cfg.AckTimeout)
+	defer timer.Stop()
+	select {
+	case <-w.done:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	out := w.finish()
+	for s, idx := range bySession {
+		s.forgetTimedOut(ds, idx, out)
+	}
+	g.m.record(ctx, out)
+	return out
+}
+
+// Drain asks the session (if it is still the device's current one) to push
+// what is in the device's inbox. It returns at once; draining is async.
+func (g *Gateway) Drain(_ context.Context, device string, connID uint64) {
+	s := g.lookup(device)
+	if s == nil || s.id != connID {
+		return
+	}
+	s.requestDrain()
+}
+
+// Kick closes the device's session (it was deleted): close code 4006.
+func (g *Gateway) Kick(_ context.Context, appID, deviceID string) error {
+	if s := g.lookup(route.Key(appID, deviceID)); s != nil {
+		s.closeWith(frame.CodeDeviceDeleted, "device deleted", 0)
+	}
+	return nil
+}
+
+func (g *Gateway) negotiateHeartbeat(requested uint32) time.Duration {
+	hb := g.cfg.Heartbeat
+	if requested > 0 {
+		hb = time.Duration(requested) * time.Second
+	}
+	return min(max(hb, g.cfg.HeartbeatMin), g.cfg.HeartbeatMax)
+}

@@ -1,0 +1,537 @@
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"regexp"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	herald "github.com/heraldpush/herald"
+	"github.com/heraldpush/herald/api/devicev1"
+	"github.com/heraldpush/herald/api/frame"
+	"github.com/heraldpush/herald/pkg/delivery"
+	"github.com/heraldpush/herald/pkg/envelope/internalv1"
+	"github.com/heraldpush/herald/pkg/pushlog"
+	"github.com/heraldpush/herald/pkg/route"
+	"github.com/heraldpush/herald/pkg/store"
+)
+
+// storeTimeout bounds every store call a session makes. Session work uses a
+// context detached from the gateway's run context so that acks arriving
+// during shutdown are still recorded.
+const storeTimeout = 5 * time.Second
+
+// session is one device connection.
+type session struct {
+	g    *Gateway
+	conn net.Conn
+
+	// Set once at CONNECT, read-only after.
+	id                 uint64
+	appID, device, key string
+	heartbeat          time.Duration
+
+	authed   atomic.Bool
+	lastSeen atomic.Int64 // unix nanoseconds of the last frame read
+
+	wmu sync.Mutex // serializes writes
+
+	mu         sync.Mutex
+	inflight   map[string]inflightRef
+	draining   bool
+	drainAgain bool
+	closed     bool
+
+	closeOnce sync.Once
+	closedCh  chan struct{}
+}
+
+func (s *session) route() route.Route { return route.Route{Node: s.g.cfg.NodeID, ConnID: s.id} }
+
+func (g *Gateway) serve(ctx context.Context, c net.Conn) {
+	s := &session{g: g, conn: c, closedCh: make(chan struct{}), inflight: make(map[string]inflightRef)}
+	if !g.track(s) {
+		s.closeWith(frame.CodeShutdown, "gateway shutting down", 0)
+		return
+	}
+	g.m.connections.Add(ctx, 1)
+	defer g.m.connections.Add(context.WithoutCancel(ctx), -1)
+	defer s.cleanup()
+
+	hs := g.wheel.Schedule(time.Now().Add(g.cfg.HandshakeTimeout), func() {
+		if !s.authed.Load() {
+			go s.closeWith(frame.CodeHandshakeTimeout, "no CONNECT within the handshake timeout", 0)
+		}
+	})
+	r := frame.NewReader(c, g.cfg.MaxFrameBytes)
+	f, err := r.Next()
+	hs.Stop()
+	if err != nil {
+		s.closeOnReadError(err)
+		return
+	}
+	g.m.framesIn.Add(ctx, 1)
+	if f.Type != frame.TypeConnect {
+		s.closeWith(frame.CodeExpectedConnect, "the first frame must be CONNECT", 0)
+		return
+	}
+	var req devicev1.Connect
+	if err := proto.Unmarshal(f.Body, &req); err != nil {
+		s.closeWith(frame.CodeBadFrame, "undecodable CONNECT", 0)
+		return
+	}
+	if !s.connect(ctx, &req) {
+		return
+	}
+	for {
+		f, err := r.Next()
+		if err != nil {
+			s.closeOnReadError(err)
+			return
+		}
+		s.lastSeen.Store(time.Now().UnixNano())
+		g.m.framesIn.Add(ctx, 1)
+		if !s.handle(f) {
+			return
+		}
+	}
+}
+
+// connect authenticates the device, takes over from an older session of
+// the same device, binds the route and starts the inbox drain.
+func (s *session) connect(ctx context.Context, req *devicev1.Connect) bool {
+	g := s.g
+	if req.GetProtocolVersion() != frame.ProtocolVersion {
+		s.closeWith(frame.CodeUnsupportedVersion, "protocol version "+strconv.Itoa(int(req.GetProtocolVersion()))+" is not supported; this server speaks 1", 0)
+		return false
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
+	defer cancel()
+	appID, err := g.authenticate(sctx, req)
+	if err != nil {
+		if errors.Is(err, herald.ErrUnauthenticated) {
+			s.closeWith(frame.CodeUnauthorized, "unauthorized", 0)
+		} else {
+			g.log.Error("authenticate device", "err", err)
+			s.closeWith(frame.CodeServerError, "temporarily unavailable", 1000)
+		}
+		return false
+	}
+	s.id = g.nextID.Add(1)
+	s.appID, s.device = appID, req.GetDeviceId()
+	s.key = route.Key(appID, s.device)
+	s.heartbeat = g.negotiateHeartbeat(req.GetHeartbeatSeconds())
+	s.draining = true // live pushes wait until the inbox is drained, to keep send order
+	old, ok := g.register(s)
+	if !ok {
+		s.closeWith(frame.CodeShutdown, "gateway shutting down", 0)
+		return false
+	}
+	if old != nil {
+		old.closeWith(frame.CodeReplaced, "replaced by a newer connection of this device", 0)
+	}
+	if err := g.deps.Routes.Bind(sctx, s.key, s.route()); err != nil {
+		g.log.Error("bind route", "device", s.key, "err", err)
+		s.closeWith(frame.CodeServerError, "temporarily unavailable", 1000)
+		return false
+	}
+	s.authed.Store(true)
+	now := time.Now()
+	s.lastSeen.Store(now.UnixNano())
+	ack, err := frame.AppendMessage(nil, frame.TypeConnAck, &devicev1.ConnAck{
+		ProtocolVersion:  frame.ProtocolVersion,
+		HeartbeatSeconds: uint32(s.heartbeat / time.Second),
+		ServerTimeMs:     now.UnixMilli(),
+		SessionId:        g.cfg.NodeID + "-" + strconv.FormatUint(s.id, 10),
+		MaxFrameBytes:    uint32(g.cfg.MaxFrameBytes),
+	})
+	if err != nil || s.write(ack) != nil {
+		s.closeWith(frame.CodeServerError, "write failed", 0)
+		return false
+	}
+	s.scheduleHeartbeatCheck(now)
+	go s.drainLoop()
+	return true
+}
+
+func (g *Gateway) authenticate(ctx context.Context, req *devicev1.Connect) (appID string, err error) {
+	if req.GetAppKey() == "" || req.GetDeviceId() == "" || req.GetDeviceToken() == "" {
+		return "", herald.ErrUnauthenticated
+	}
+	app, err := g.deps.Registry.AppByKey(ctx, req.GetAppKey())
+	if errors.Is(err, herald.ErrAppNotFound) {
+		return "", herald.ErrUnauthenticated
+	} else if err != nil {
+		return "", err
+	}
+	dev, err := g.deps.Registry.Device(ctx, app.ID, req.GetDeviceId())
+	if errors.Is(err, herald.ErrDeviceNotFound) {
+		return "", herald.ErrUnauthenticated
+	} else if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256([]byte(req.GetDeviceToken()))
+	if subtle.ConstantTimeCompare(sum[:], dev.TokenHash) != 1 {
+		return "", herald.ErrUnauthenticated
+	}
+	return app.ID, nil
+}
+
+// scheduleHeartbeatCheck arms the session's one wheel timer. Frames never
+// touch the wheel: when the timer fires, the session compares its last-seen
+// time and re-arms itself if the device was active.
+func (s *session) scheduleHeartbeatCheck(from time.Time) {
+	limit := s.heartbeat + s.heartbeat/2
+	s.g.wheel.Schedule(from.Add(limit), func() {
+		select {
+		case <-s.closedCh:
+			return
+		default:
+		}
+		last := time.Unix(0, s.lastSeen.Load())
+		if time.Since(last) >= limit {
+			go s.closeWith(frame.CodeHeartbeatTimeout, "no heartbeat within the negotiated interval", 0)
+			return
+		}
+		s.scheduleHeartbeatCheck(last)
+	})
+}
+
+// handle processes one frame of an authenticated session; false ends it.
+func (s *session) handle(f frame.Frame) bool {
+	switch f.Type {
+	case frame.TypePing:
+		if s.write(frame.Pong) != nil {
+			return false
+		}
+	case frame.TypePong:
+	case frame.TypeAck:
+		var ack devicev1.Ack
+		if err := proto.Unmarshal(f.Body, &ack); err != nil {
+			s.closeWith(frame.CodeBadFrame, "undecodable ACK", 0)
+			return false
+		}
+		s.acked(ack.GetMessageIds())
+	case frame.TypeUpstream:
+		var up devicev1.Upstream
+		if err := proto.Unmarshal(f.Body, &up); err != nil {
+			s.closeWith(frame.CodeBadFrame, "undecodable UPSTREAM", 0)
+			return false
+		}
+		return s.upstream(&up)
+	case frame.TypeDisconnect:
+		s.closeQuietly()
+		return false
+	default:
+		s.closeWith(frame.CodeBadFrame, "unexpected "+f.Type.String()+" frame from a device", 0)
+		return false
+	}
+	return true
+}
+
+// acked records the device's acks (delivered + inbox copy removed), then
+// resolves the waiters, so the dispatcher only hears "acked" once it is on
+// record.
+func (s *session) acked(ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	ts := make([]store.Transition, len(ids))
+	for i, id := range ids {
+		ts[i] = store.Transition{MessageID: id, DeviceID: s.device, State: store.StateDelivered}
+	}
+	if err := s.g.deps.Status.Mark(ctx, ts...); err != nil {
+		s.g.log.Error("record acks", "device", s.key, "err", err)
+		return // unresolved: the dispatcher stores them and they are redelivered
+	}
+	if err := s.g.deps.Inbox.Delete(ctx, s.appID, s.device, ids...); err != nil {
+		s.g.log.Error("delete acked inbox entries", "device", s.key, "err", err)
+		return
+	}
+	s.g.m.acked.Add(ctx, int64(len(ids)))
+	refs := make([]inflightRef, 0, len(ids))
+	s.mu.Lock()
+	for _, id := range ids {
+		if ref, ok := s.inflight[id]; ok {
+			refs = append(refs, ref)
+			delete(s.inflight, id)
+		}
+	}
+	s.mu.Unlock()
+	for _, ref := range refs {
+		ref.w.resolve(ref.i, delivery.Acked)
+	}
+}
+
+var channelRE = regexp.MustCompile(`^[a-z0-9._-]{1,64}$`)
+
+// UpstreamRecord is the JSON value of an upstream log record.
+type UpstreamRecord struct {
+	AppID        string `json:"app_id"`
+	DeviceID     string `json:"device_id"`
+	RequestID    string `json:"request_id"`
+	Channel      string `json:"channel"`
+	Payload      []byte `json:"payload"`
+	ReceivedAtMS int64  `json:"received_at_ms"`
+}
+
+func (s *session) upstream(up *devicev1.Upstream) bool {
+	reply := func(errName string) bool {
+		b, err := frame.AppendMessage(nil, frame.TypeUpAck, &devicev1.UpAck{RequestId: up.GetRequestId(), Error: errName})
+		return err == nil && s.write(b) == nil
+	}
+	if !channelRE.MatchString(up.GetChannel()) {
+		return reply("invalid_channel")
+	}
+	val, err := json.Marshal(UpstreamRecord{
+		AppID: s.appID, DeviceID: s.device, RequestID: up.GetRequestId(),
+		Channel: up.GetChannel(), Payload: up.GetPayload(), ReceivedAtMS: time.Now().UnixMilli(),
+	})
+	if err != nil {
+		return reply("too_large")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	if err := s.g.deps.Log.Append(ctx, pushlog.UpstreamTopic(up.GetChannel()), pushlog.Record{Key: []byte(s.key), Value: val}); err != nil {
+		s.g.log.Warn("append upstream", "device", s.key, "err", err)
+		return reply("unavailable")
+	}
+	s.g.m.upstream.Add(ctx, 1)
+	return reply("")
+}
+
+// pushLive writes live deliveries (indexes into ds) to the session. Those that
+// cannot be taken now resolve NotHere at once.
+func (s *session) pushLive(ds []delivery.Delivery, idx []int, w *waiter) {
+	var buf []byte
+	s.mu.Lock()
+	for _, i := range idx {
+		if s.closed || s.draining || len(s.inflight) >= s.g.cfg.Window {
+			w.resolve(i, delivery.NotHere)
+			continue
+		}
+		b, err := frame.AppendMessage(buf, frame.TypePush, ds[i].Envelope.GetPush())
+		if err != nil {
+			s.g.log.Error("encode push", "err", err)
+			w.resolve(i, delivery.NotHere)
+			continue
+		}
+		buf = b
+		s.inflight[ds[i].Envelope.GetPush().GetMessageId()] = inflightRef{w: w, i: i}
+	}
+	s.mu.Unlock()
+	if len(buf) > 0 {
+		_ = s.write(buf) // a failed write closes the session, which resolves the waiters NotHere
+	}
+}
+
+// forgetTimedOut drops the in-flight records of deliveries that timed out,
+// so a silent device does not hold its window forever. A late ack is still
+// recorded as delivered.
+func (s *session) forgetTimedOut(ds []delivery.Delivery, idx []int, out []delivery.Outcome) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, i := range idx {
+		if out[i] != delivery.TimedOut {
+			continue
+		}
+		id := ds[i].Envelope.GetPush().GetMessageId()
+		if ref, ok := s.inflight[id]; ok && ref.i == i {
+			delete(s.inflight, id)
+		}
+	}
+}
+
+func (s *session) requestDrain() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	if s.draining {
+		s.drainAgain = true
+		s.mu.Unlock()
+		return
+	}
+	s.draining = true
+	s.mu.Unlock()
+	go s.drainLoop()
+}
+
+// drainLoop pushes the inbox in message-id order, a window at a time, each
+// page acked before the next. It ends when the inbox is empty (and no drain
+// was requested meanwhile), the device stops acking, or the session closes.
+func (s *session) drainLoop() {
+	g := s.g
+	defer func() {
+		s.mu.Lock()
+		s.draining = false
+		s.drainAgain = false
+		s.mu.Unlock()
+	}()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+		entries, err := g.deps.Inbox.List(ctx, s.appID, s.device, "", g.cfg.Window)
+		cancel()
+		if err != nil {
+			g.log.Error("list inbox", "device", s.key, "err", err)
+			return
+		}
+		if len(entries) == 0 {
+			s.mu.Lock()
+			again := s.drainAgain
+			s.drainAgain = false
+			if !again {
+				s.draining = false
+			}
+			s.mu.Unlock()
+			if again {
+				continue
+			}
+			return
+		}
+		w := newWaiter(len(entries))
+		var buf []byte
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return
+		}
+		for i, e := range entries {
+			var env internalv1.Envelope
+			if err := proto.Unmarshal(e.Body, &env); err != nil {
+				g.log.Error("undecodable inbox entry", "device", s.key, "message_id", e.MessageID, "err", err)
+				w.resolve(i, delivery.NotHere)
+				continue
+			}
+			b, err := frame.AppendMessage(buf, frame.TypePush, env.GetPush())
+			if err != nil {
+				w.resolve(i, delivery.NotHere)
+				continue
+			}
+			buf = b
+			s.inflight[e.MessageID] = inflightRef{w: w, i: i}
+		}
+		s.mu.Unlock()
+		if len(buf) > 0 && s.write(buf) != nil {
+			return
+		}
+		g.m.drained.Add(context.Background(), int64(len(entries)))
+		timer := time.NewTimer(g.cfg.AckTimeout)
+		select {
+		case <-w.done:
+			timer.Stop()
+		case <-timer.C:
+			w.finish()
+			s.mu.Lock()
+			for _, e := range entries {
+				if ref, ok := s.inflight[e.MessageID]; ok && ref.w == w {
+					delete(s.inflight, e.MessageID)
+				}
+			}
+			s.mu.Unlock()
+			g.log.Debug("device stopped acking its inbox", "device", s.key)
+			return
+		case <-s.closedCh:
+			timer.Stop()
+			return
+		}
+		out := w.finish()
+		for _, o := range out {
+			if o != delivery.Acked {
+				return // undecodable entries: leave them, do not spin
+			}
+		}
+	}
+}
+
+// write sends b in one write, under the session's write lock.
+func (s *session) write(b []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	_ = s.conn.SetWriteDeadline(time.Now().Add(s.g.cfg.WriteTimeout))
+	_, err := s.conn.Write(b)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			go s.closeWith(frame.CodeSlowConsumer, "write timed out", 0)
+		} else {
+			go s.closeQuietly()
+		}
+		return err
+	}
+	s.g.m.framesOut.Add(context.Background(), 1)
+	return nil
+}
+
+// closeWith sends DISCONNECT (best effort) and closes the connection.
+func (s *session) closeWith(code frame.Code, reason string, retryAfter time.Duration) {
+	s.closeOnce.Do(func() {
+		b, err := frame.AppendMessage(nil, frame.TypeDisconnect, &devicev1.Disconnect{
+			Code: uint32(code), Reason: reason, RetryAfterMs: uint32(retryAfter / time.Millisecond),
+		})
+		if err == nil {
+			s.wmu.Lock()
+			_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = s.conn.Write(b)
+			s.wmu.Unlock()
+		}
+		_ = s.conn.Close()
+		s.g.m.closes.Add(context.Background(), 1, closeCodeAttr(code))
+	})
+}
+
+func (s *session) closeQuietly() {
+	s.closeOnce.Do(func() { _ = s.conn.Close() })
+}
+
+func (s *session) closeOnReadError(err error) {
+	switch {
+	case errors.Is(err, frame.ErrTooLarge):
+		s.closeWith(frame.CodeFrameTooLarge, "frame larger than "+strconv.Itoa(s.g.cfg.MaxFrameBytes)+" bytes", 0)
+	case errors.Is(err, frame.ErrMalformed), errors.Is(err, frame.ErrUnknownType):
+		s.closeWith(frame.CodeBadFrame, err.Error(), 0)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		s.closeQuietly()
+	default:
+		s.closeQuietly()
+	}
+}
+
+// cleanup runs once when the reader ends: waiters learn the session is gone,
+// and the route is removed if it still points here.
+func (s *session) cleanup() {
+	s.closeQuietly()
+	s.mu.Lock()
+	s.closed = true
+	refs := make([]inflightRef, 0, len(s.inflight))
+	for id, ref := range s.inflight {
+		refs = append(refs, ref)
+		delete(s.inflight, id)
+	}
+	s.mu.Unlock()
+	close(s.closedCh)
+	for _, ref := range refs {
+		ref.w.resolve(ref.i, delivery.NotHere)
+	}
+	s.g.forget(s)
+	if s.authed.Load() {
+		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+		defer cancel()
+		if _, err := s.g.deps.Routes.Unbind(ctx, s.key, s.route()); err != nil {
+			s.g.log.Warn("unbind route", "device", s.key, "err", err)
+		}
+	}
+}
