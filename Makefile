@@ -17,6 +17,8 @@ GOTESTFLAGS  ?=
 FUZZTIME     ?= 30s
 # Benchmark duration: one iteration in CI (the numbers are for the log, not a gate).
 BENCHTIME    ?= $(if $(CI),1x,1s)
+# Where `make run` keeps its data (push log, store, etcd, admin token).
+DATA_DIR     ?= ./data
 # Generated protobuf Go checked into git (see scripts/genproto.sh).
 GENERATED    := '*.pb.go'
 # Shell test, run in a module directory: does the module hold any package yet?
@@ -36,8 +38,8 @@ build: ## Build bin/herald and bin/heraldctl
 	$(GO) build -o $(BIN)/herald ./cmd/herald
 	$(GO) build -o $(BIN)/heraldctl ./cmd/heraldctl
 
-run: build ## Build, then run every role in one process on the embedded engines (data in ./data)
-	$(BIN)/herald -data-dir ./data
+run: build ## Build, then run every role in one process on the embedded engines (data in DATA_DIR)
+	$(BIN)/herald -data-dir $(DATA_DIR)
 
 test: ## Run every test of every module, then the quickstart script
 	@for m in $(MODULES); do \

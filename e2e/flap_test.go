@@ -11,9 +11,12 @@ import (
 	herald "github.com/heraldpush/herald/sdk/go"
 )
 
-// Acceptance 4: devices that flap (connect, disconnect, in a loop) while
-// messages stream in end with every message delivered and nothing left
-// pending in their inboxes.
+// Acceptance 4: devices that flap while messages stream in end with every
+// message delivered and nothing left pending in their inboxes. Half the
+// devices restart their client in a loop (clean disconnects); the other half
+// keep one client whose connection a proxy cuts abruptly at random (lost
+// acks, no DISCONNECT), and those must hand each message to the app exactly
+// once.
 func TestFlappingDevices(t *testing.T) {
 	nDevices, nMessages := 50, 2000
 	if testing.Short() {
@@ -36,8 +39,10 @@ func TestFlappingDevices(t *testing.T) {
 		recs[i] = &rec{seen: make(map[string]int)}
 	}
 
-	// Each device loop: connect a fresh SDK client, stay up 20-200 ms, drop
-	// it, stay away 0-100 ms; until the sends are done, then stay connected.
+	proxy := startProxy(t, p.gw)
+	// Restarters (even i): connect a fresh SDK client, stay up 20-200 ms,
+	// drop it, stay away 0-100 ms; until the sends are done, then stay
+	// connected. Droppers (odd i): one client through the chaos proxy.
 	stopFlapping := make(chan struct{})
 	finalCtx, stopFinal := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -46,9 +51,13 @@ func TestFlappingDevices(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			r := recs[i]
+			addr := p.gw
+			if i%2 == 1 {
+				addr = proxy.addr()
+			}
 			newClient := func() *herald.Client {
 				c, err := herald.New(herald.Config{
-					Addrs: []string{p.gw}, AppKey: ap.Key, DeviceID: devs[i], Token: tokens[i],
+					Addrs: []string{addr}, AppKey: ap.Key, DeviceID: devs[i], Token: tokens[i],
 					MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 					OnMessage: func(m herald.Message) {
 						r.mu.Lock()
@@ -60,6 +69,10 @@ func TestFlappingDevices(t *testing.T) {
 					t.Error(err)
 				}
 				return c
+			}
+			if i%2 == 1 {
+				_ = newClient().Run(finalCtx)
+				return
 			}
 			for {
 				select {
@@ -79,6 +92,23 @@ func TestFlappingDevices(t *testing.T) {
 	defer func() {
 		stopFinal()
 		wg.Wait()
+	}()
+
+	// The network: cut a random proxied connection every 5 ms while sending.
+	chaosDone := make(chan int)
+	go func() {
+		cuts := 0
+		for {
+			select {
+			case <-stopFlapping:
+				chaosDone <- cuts
+				return
+			case <-time.After(5 * time.Millisecond):
+				if proxy.cutRandom() {
+					cuts++
+				}
+			}
+		}
 	}()
 
 	type sent struct{ id, device string }
@@ -102,13 +132,14 @@ func TestFlappingDevices(t *testing.T) {
 	}
 	for n := 0; n < nMessages; n++ {
 		jobs <- n
-		if n%50 == 0 {
-			time.Sleep(5 * time.Millisecond) // stream over a few seconds of flapping
+		if n%10 == 0 {
+			time.Sleep(10 * time.Millisecond) // stream over a few seconds of flapping
 		}
 	}
 	close(jobs)
 	swg.Wait()
 	close(stopFlapping)
+	cuts := <-chaosDone
 	if t.Failed() {
 		t.FailNow()
 	}
@@ -139,13 +170,27 @@ func TestFlappingDevices(t *testing.T) {
 		}
 		return true, ""
 	})
+	for _, d := range devs {
+		left, err := p.srv.Store().List(t.Context(), ap.ID, d, "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(left) != 0 {
+			t.Errorf("device %s ends with %d messages in its inbox", d, len(left))
+		}
+	}
 	dups := 0
-	for _, r := range recs {
-		for _, n := range r.seen {
+	for i, r := range recs {
+		r.mu.Lock()
+		for id, n := range r.seen {
+			if i%2 == 1 && n != 1 {
+				t.Errorf("device %s (one client, cut connections) handed message %s to the app %d times", devs[i], id, n)
+			}
 			dups += n - 1
 		}
+		r.mu.Unlock()
 	}
 	// Across separate clients (no shared dedup memory) a message whose ack
 	// was lost in a drop is redelivered: allowed, and reported.
-	t.Logf("%d messages, %d redelivered across reconnects", nMessages, dups)
+	t.Logf("%d messages, %d connections cut, %d redelivered to restarted clients", nMessages, cuts, dups)
 }

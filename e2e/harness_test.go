@@ -258,6 +258,10 @@ type device struct {
 	app       app
 	gw        []string
 
+	// hold, if set, blocks the app's message handler (and so the acks)
+	// until it is closed: a slow app, messages in flight.
+	hold chan struct{}
+
 	mu   sync.Mutex
 	got  []herald.Message
 	seen map[string]int
@@ -285,6 +289,9 @@ func (d *device) connectE() error {
 		Addrs: d.gw, AppKey: d.app.Key, DeviceID: d.id, Token: d.token,
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
 		OnMessage: func(m herald.Message) {
+			if d.hold != nil {
+				<-d.hold
+			}
 			d.mu.Lock()
 			d.got = append(d.got, m)
 			d.seen[m.ID]++

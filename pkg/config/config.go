@@ -105,7 +105,7 @@ type Gateway struct {
 type Dispatcher struct {
 	BatchSize      int           `yaml:"batch_size"`
 	CommitInterval time.Duration `yaml:"commit_interval"`
-	Workers        int           `yaml:"workers"`
+	MaxInFlight    int           `yaml:"max_in_flight"` // records being delivered or settled at once
 }
 
 // LogStore configures the embedded push log.
@@ -160,7 +160,7 @@ func Default() Config {
 		Dispatcher: Dispatcher{
 			BatchSize:      512,
 			CommitInterval: 100 * time.Millisecond,
-			Workers:        8,
+			MaxInFlight:    32768,
 		},
 		LogStore: LogStore{Partitions: 8, Retention: 168 * time.Hour},
 		Router:   Router{Backend: BackendMemory, EtcdEndpoints: []string{}, LeaseTTL: 15 * time.Second},

@@ -68,7 +68,7 @@ log:
 				"HERALD_GATEWAY_ADDR":              "env:2",
 				"HERALD_GATEWAY_HEARTBEAT":         "6m",
 				"HERALD_ROUTER_ETCD_ENDPOINTS":     "c:3, d:4,",
-				"HERALD_DISPATCHER_WORKERS":        "3",
+				"HERALD_DISPATCHER_MAX_IN_FLIGHT":  "3",
 				"HERALD_ETCD_EMBEDDED":             "false",
 				"HERALD_LOG_STORE_RETENTION":       "2h",
 				"HERALD_API_MAX_PAYLOAD_BYTES":     "100",
@@ -80,7 +80,7 @@ log:
 				c.Gateway.Heartbeat = 6 * time.Minute
 				c.API.DefaultTTL = time.Hour
 				c.Router.EtcdEndpoints = []string{"c:3", "d:4"}
-				c.Dispatcher.Workers = 3
+				c.Dispatcher.MaxInFlight = 3
 				c.Etcd.Embedded = false
 				c.LogStore.Retention = 2 * time.Hour
 				c.API.MaxPayloadBytes = 100
@@ -280,10 +280,10 @@ func TestValidate(t *testing.T) {
 			want: []string{"gateway.addr: port 8080 is also used by api.http_addr"}},
 		{name: "no clash for roles not run", change: func(c *config.Config) { c.Target = config.TargetGateway; c.Gateway.Addr = ":8080" }},
 		{name: "sizes must be positive", change: func(c *config.Config) {
-			c.API.MaxTargets, c.Gateway.Window, c.Dispatcher.BatchSize, c.Dispatcher.Workers, c.LogStore.Partitions = 0, -1, 0, 0, 0
+			c.API.MaxTargets, c.Gateway.Window, c.Dispatcher.BatchSize, c.Dispatcher.MaxInFlight, c.LogStore.Partitions = 0, -1, 0, 0, 0
 		}, want: []string{
 			"api.max_targets: 0 must be positive", "gateway.window: -1 must be positive", "dispatcher.batch_size:",
-			"dispatcher.workers:", "log_store.partitions:",
+			"dispatcher.max_in_flight:", "log_store.partitions:",
 		}},
 		{name: "durations must be positive", change: func(c *config.Config) {
 			c.Gateway.AckTimeout, c.Gateway.HandshakeTimeout, c.Dispatcher.CommitInterval, c.LogStore.Retention = 0, 0, 0, 0

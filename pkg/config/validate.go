@@ -95,7 +95,7 @@ func (c Config) Validate() error {
 
 	v.positive("dispatcher.batch_size", c.Dispatcher.BatchSize)
 	v.positiveDuration("dispatcher.commit_interval", c.Dispatcher.CommitInterval)
-	v.positive("dispatcher.workers", c.Dispatcher.Workers)
+	v.positive("dispatcher.max_in_flight", c.Dispatcher.MaxInFlight)
 
 	v.positive("log_store.partitions", c.LogStore.Partitions)
 	v.positiveDuration("log_store.retention", c.LogStore.Retention)

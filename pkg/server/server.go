@@ -30,6 +30,7 @@ import (
 	"github.com/heraldpush/herald/pkg/route"
 	"github.com/heraldpush/herald/pkg/route/etcdroute"
 	"github.com/heraldpush/herald/pkg/route/memroute"
+	"github.com/heraldpush/herald/pkg/store"
 	"github.com/heraldpush/herald/pkg/store/pebblestore"
 	"github.com/heraldpush/herald/pkg/telemetry"
 	"github.com/heraldpush/herald/services/api"
@@ -155,7 +156,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (s *Server
 	gws := gateway.NewDirectory(s.gw)
 	s.disp, err = dispatcher.New(dispatcher.Config{
 		CommitInterval: cfg.Dispatcher.CommitInterval,
-		Workers:        cfg.Dispatcher.Workers,
+		MaxInFlight:    cfg.Dispatcher.MaxInFlight,
 		DeliverTimeout: cfg.Gateway.AckTimeout + cfg.Gateway.AckTimeout/2,
 	}, dispatcher.Deps{
 		Log: s.plog, Routes: s.routes, Gateways: gws, Store: s.store, Meter: meter("herald/dispatcher"),
@@ -296,6 +297,9 @@ func (s *Server) OpsAddr() string {
 	}
 	return s.ops.Addr()
 }
+
+// Store is the process's store, for tests and tools that inspect state.
+func (s *Server) Store() store.Store { return s.store }
 
 // AdminToken is the admin token in force (configured or generated).
 func (s *Server) AdminToken() string { return s.cfg.AdminToken }

@@ -422,7 +422,7 @@ func TestSendRejected(t *testing.T) {
 	}{
 		{name: "no credentials", auth: noAuth, body: `{` + to + `,"data":{"k":"v"}}`, wantStatus: 401, wantCode: "unauthenticated"},
 		{name: "truncated JSON", body: `{"audience":`, wantStatus: 400, wantCode: "invalid_argument", wantMsg: "invalid JSON"},
-		{name: "JSON syntax error", body: `{"audience" {}}`, wantStatus: 400, wantCode: "invalid_argument", wantMsg: "at byte 12"},
+		{name: "JSON syntax error", body: `{"audience" {}}`, wantStatus: 400, wantCode: "invalid_argument", wantMsg: "at byte 13"},
 		{name: "wrong JSON type", body: `{"audience":{"device_ids":"d1"},"data":{"k":"v"}}`, wantStatus: 400, wantCode: "invalid_argument", wantMsg: "audience.device_ids must be an array"},
 		{name: "not an object", body: `[]`, wantStatus: 400, wantCode: "invalid_argument", wantMsg: "invalid JSON"},
 		{name: "two objects", body: `{` + to + `,"data":{"k":"v"}} {}`, wantStatus: 400, wantCode: "invalid_argument", wantMsg: "after the object"},

@@ -16,6 +16,7 @@ import (
 
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+	"golang.org/x/sync/semaphore"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/heraldpush/herald/pkg/delivery"
@@ -45,7 +46,7 @@ type Store interface {
 type Config struct {
 	Group          string        // consumer group, default "dispatcher"
 	CommitInterval time.Duration // default 100ms
-	Workers        int           // fetched batches processed at once, default 8
+	MaxInFlight    int           // records being delivered or settled at once, default 32768
 	DeliverTimeout time.Duration // bound on one gateway call, default 15s
 }
 
@@ -56,8 +57,8 @@ func (c *Config) setDefaults() {
 	if c.CommitInterval <= 0 {
 		c.CommitInterval = 100 * time.Millisecond
 	}
-	if c.Workers <= 0 {
-		c.Workers = 8
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 32768
 	}
 	if c.DeliverTimeout <= 0 {
 		c.DeliverTimeout = 15 * time.Second
@@ -113,7 +114,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	// Work in hand is finished with a context that outlives ctx.
 	work := context.WithoutCancel(ctx)
 	tr := newTracker()
-	sem := make(chan struct{}, d.cfg.Workers)
+	// Bound the records in flight, not the batches: a batch waiting for a
+	// slow device's ack must not hold back batches behind it.
+	sem := semaphore.NewWeighted(int64(d.cfg.MaxInFlight))
 	var wg sync.WaitGroup
 
 	commitDone := make(chan struct{})
@@ -145,16 +148,16 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			continue
 		}
 		tr.add(recs)
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			// Still process this batch: it is fetched and tracked.
-			sem <- struct{}{}
+		n := min(int64(len(recs)), int64(d.cfg.MaxInFlight))
+		// Still process this batch on shutdown: it is fetched and tracked.
+		if err := sem.Acquire(work, n); err != nil {
+			runErr = err
+			break
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-sem }()
+			defer sem.Release(n)
 			d.process(work, recs)
 			tr.done(recs)
 		}()

@@ -365,7 +365,7 @@ func (l *Log) Consume(ctx context.Context, topic, group string) (pushlog.Consume
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("pebblelog: consume: %w", err)
 	}
 	if err := l.enter(); err != nil {
 		return nil, fmt.Errorf("pebblelog: consume: %w", err)

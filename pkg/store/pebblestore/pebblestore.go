@@ -116,7 +116,7 @@ func (s *Store) Run(ctx context.Context) error {
 // locks must not be taken recursively).
 func (s *Store) enter(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
-		return err
+		return fmt.Errorf("pebblestore: %w", err)
 	}
 	s.closeMu.RLock()
 	if s.closed {
