@@ -26,6 +26,7 @@ import (
 	"github.com/heraldpush/herald/pkg/config"
 	"github.com/heraldpush/herald/pkg/etcdembed"
 	"github.com/heraldpush/herald/pkg/pebbledb"
+	"github.com/heraldpush/herald/pkg/pushlog"
 	"github.com/heraldpush/herald/pkg/pushlog/pebblelog"
 	"github.com/heraldpush/herald/pkg/route"
 	"github.com/heraldpush/herald/pkg/route/etcdroute"
@@ -297,6 +298,9 @@ func (s *Server) OpsAddr() string {
 	}
 	return s.ops.Addr()
 }
+
+// Log is the process's push/upstream log, for tests and tools.
+func (s *Server) Log() pushlog.Log { return s.plog }
 
 // Store is the process's store, for tests and tools that inspect state.
 func (s *Server) Store() store.Store { return s.store }

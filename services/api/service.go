@@ -198,7 +198,7 @@ func (s *service) DeleteDevice(ctx context.Context, app store.App, deviceID stri
 	if s.kicker != nil {
 		// The device is gone either way; a failed kick only delays the
 		// session's end until the gateway next checks the registry.
-		if err := s.kicker.Kick(ctx, app.ID, deviceID); err != nil {
+		if err := s.kicker.Kick(context.WithoutCancel(ctx), app.ID, deviceID); err != nil {
 			s.logger.WarnContext(ctx, "kick deleted device", "app_id", app.ID, "device_id", deviceID, "err", err)
 		}
 	}
