@@ -28,10 +28,14 @@ const (
 	TargetAPI        = "api"
 )
 
-// Router backends.
+// Backends.
 const (
-	BackendMemory = "memory"
-	BackendEtcd   = "etcd"
+	BackendMemory    = "memory"    // router
+	BackendEtcd      = "etcd"      // router
+	BackendRedis     = "redis"     // router
+	BackendPebble    = "pebble"    // store, queue (embedded)
+	BackendCassandra = "cassandra" // store
+	BackendKafka     = "kafka"     // queue
 )
 
 // EnvPrefix starts every environment variable Herald reads.
@@ -59,6 +63,9 @@ type Config struct {
 	LogStore   LogStore   `yaml:"log_store"`
 	Router     Router     `yaml:"router"`
 	Etcd       Etcd       `yaml:"etcd"`
+	Store      Store      `yaml:"store"`
+	Queue      Queue      `yaml:"queue"`
+	Discovery  Discovery  `yaml:"discovery"`
 
 	// CheckOnly is set by -check-config: main validates, prints "config ok" and exits.
 	CheckOnly bool `yaml:"-"`
@@ -116,11 +123,59 @@ type LogStore struct {
 
 // Router configures the routing table.
 type Router struct {
-	Backend string `yaml:"backend"` // memory or etcd
+	Backend string `yaml:"backend"` // memory, etcd or redis
+	// RedisAddr is the Redis server of backend redis.
+	RedisAddr string `yaml:"redis_addr"`
+	// RouteTTL bounds how long a Redis route outlives a dead gateway that
+	// could not unbind it; gateways refresh routes well within it.
+	RouteTTL time.Duration `yaml:"route_ttl"`
 	// EtcdEndpoints are the etcd client URLs; empty with backend etcd means
 	// the embedded etcd server (etcd.client_addr).
 	EtcdEndpoints []string      `yaml:"etcd_endpoints"`
 	LeaseTTL      time.Duration `yaml:"lease_ttl"`
+}
+
+// Store configures where apps, devices, inboxes and message status live.
+type Store struct {
+	Backend   string    `yaml:"backend"` // pebble (embedded, target all only) or cassandra
+	Cassandra Cassandra `yaml:"cassandra"`
+}
+
+// Cassandra configures the Cassandra store.
+type Cassandra struct {
+	Hosts             []string      `yaml:"hosts"`
+	Keyspace          string        `yaml:"keyspace"`
+	Consistency       string        `yaml:"consistency"` // one, local_quorum, quorum
+	ReplicationFactor int           `yaml:"replication_factor"`
+	Timeout           time.Duration `yaml:"timeout"`
+}
+
+// Queue configures the push, upstream and receipt logs.
+type Queue struct {
+	Backend string `yaml:"backend"` // pebble (embedded, target all only) or kafka
+	Kafka   Kafka  `yaml:"kafka"`
+}
+
+// Kafka configures the Kafka logs.
+type Kafka struct {
+	Brokers           []string `yaml:"brokers"`
+	TopicPrefix       string   `yaml:"topic_prefix"`
+	Partitions        int      `yaml:"partitions"`
+	ReplicationFactor int      `yaml:"replication_factor"`
+}
+
+// Discovery configures how the roles of a cluster find each other.
+type Discovery struct {
+	// EtcdEndpoints are the etcd client URLs where gateways register; empty
+	// means the embedded etcd server (target all).
+	EtcdEndpoints []string `yaml:"etcd_endpoints"`
+	// GatewayGRPCAddr is where a gateway serves dispatchers and the api.
+	GatewayGRPCAddr string `yaml:"gateway_grpc_addr"`
+	// AdvertiseAddr is the device address a gateway publishes in the
+	// endpoint list; empty means gateway.addr with its host filled in.
+	AdvertiseAddr string `yaml:"advertise_addr"`
+	// LeaseTTL is how long a dead gateway stays registered.
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
 }
 
 // Etcd configures the embedded etcd server.
@@ -163,8 +218,19 @@ func Default() Config {
 			MaxInFlight:    32768,
 		},
 		LogStore: LogStore{Partitions: 8, Retention: 168 * time.Hour},
-		Router:   Router{Backend: BackendMemory, EtcdEndpoints: []string{}, LeaseTTL: 15 * time.Second},
-		Etcd:     Etcd{Embedded: true, ClientAddr: "127.0.0.1:2379", PeerAddr: "127.0.0.1:2380"},
+		Router: Router{Backend: BackendMemory, EtcdEndpoints: []string{}, LeaseTTL: 15 * time.Second,
+			RedisAddr: "127.0.0.1:6379", RouteTTL: 30 * time.Minute},
+		// The embedded server stays off etcd's usual 2379/2380, which a
+		// real etcd (make deps-up) holds.
+		Etcd: Etcd{Embedded: true, ClientAddr: "127.0.0.1:2389", PeerAddr: "127.0.0.1:2390"},
+		Store: Store{Backend: BackendPebble, Cassandra: Cassandra{
+			Hosts: []string{"127.0.0.1:9042"}, Keyspace: "herald", Consistency: "local_quorum",
+			ReplicationFactor: 1, Timeout: 5 * time.Second,
+		}},
+		Queue: Queue{Backend: BackendPebble, Kafka: Kafka{
+			Brokers: []string{"127.0.0.1:9092"}, TopicPrefix: "herald.", Partitions: 16, ReplicationFactor: 1,
+		}},
+		Discovery: Discovery{EtcdEndpoints: []string{}, GatewayGRPCAddr: ":9091", LeaseTTL: 10 * time.Second},
 	}
 }
 

@@ -240,6 +240,7 @@ func TestLoadEdgeCases(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		clusterOf(&got)
 		if !strings.HasSuffix(got.NodeID, "-router") {
 			t.Errorf("NodeID = %q, want suffix -router", got.NodeID)
 		}
@@ -256,7 +257,13 @@ func TestValidate(t *testing.T) {
 		want   []string // substrings of the error; none means valid
 	}{
 		{name: "defaults", change: func(c *config.Config) {}},
-		{name: "every role alone", change: func(c *config.Config) { c.Target = config.TargetDispatcher }},
+		{name: "every role alone", change: func(c *config.Config) { clusterOf(c); c.Target = config.TargetDispatcher }},
+		{name: "one role on embedded engines", change: func(c *config.Config) { c.Target = config.TargetGateway },
+			want: []string{"target: gateway runs one role of a cluster", "router.backend: memory serves one process", "discovery.etcd_endpoints:"}},
+		{name: "cluster backends", change: func(c *config.Config) {
+			clusterOf(c)
+			c.Store.Cassandra.Keyspace, c.Store.Cassandra.Consistency, c.Queue.Kafka.Brokers = "9bad", "most", []string{"kafka"}
+		}, want: []string{"store.cassandra.keyspace:", "store.cassandra.consistency:", "queue.kafka.brokers[0]:"}},
 		{name: "ops disabled", change: func(c *config.Config) { c.Ops.Addr = "" }},
 		{name: "ephemeral ports everywhere", change: func(c *config.Config) {
 			c.Ops.Addr, c.API.HTTPAddr, c.API.GRPCAddr, c.Gateway.Addr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
@@ -278,7 +285,11 @@ func TestValidate(t *testing.T) {
 		{name: "ops address", change: func(c *config.Config) { c.Ops.Addr = "9100" }, want: []string{"ops.addr:"}},
 		{name: "port clash", change: func(c *config.Config) { c.Gateway.Addr = "0.0.0.0:8080" },
 			want: []string{"gateway.addr: port 8080 is also used by api.http_addr"}},
-		{name: "no clash for roles not run", change: func(c *config.Config) { c.Target = config.TargetGateway; c.Gateway.Addr = ":8080" }},
+		{name: "no clash for roles not run", change: func(c *config.Config) {
+			clusterOf(c)
+			c.Target = config.TargetGateway
+			c.Gateway.Addr = ":8080"
+		}},
 		{name: "sizes must be positive", change: func(c *config.Config) {
 			c.API.MaxTargets, c.Gateway.Window, c.Dispatcher.BatchSize, c.Dispatcher.MaxInFlight, c.LogStore.Partitions = 0, -1, 0, 0, 0
 		}, want: []string{
@@ -307,7 +318,7 @@ func TestValidate(t *testing.T) {
 			want: []string{"api.max_payload_bytes: 64512 must be below gateway.max_frame_bytes - 1024 (64512)"}},
 		{name: "body smaller than payload", change: func(c *config.Config) { c.API.MaxBodyBytes = 100 },
 			want: []string{"api.max_body_bytes: 100 is below api.max_payload_bytes 4096"}},
-		{name: "router backend", change: func(c *config.Config) { c.Router.Backend = "redis" }, want: []string{`router.backend: "redis" is not one of memory, etcd`}},
+		{name: "router backend", change: func(c *config.Config) { c.Router.Backend = "zookeeper" }, want: []string{`router.backend: "zookeeper" is not one of memory, etcd, redis`}},
 		{name: "etcd without endpoints or embedded server", change: func(c *config.Config) {
 			c.Router.Backend, c.Etcd.Embedded = "etcd", false
 		}, want: []string{"router.etcd_endpoints: empty with router.backend etcd needs etcd.embedded true"}},
@@ -315,7 +326,11 @@ func TestValidate(t *testing.T) {
 			want: []string{"router.etcd_endpoints[0]:", "router.etcd_endpoints[1]:"}},
 		{name: "lease ttl", change: func(c *config.Config) { c.Router.LeaseTTL = 500 * time.Millisecond }, want: []string{"router.lease_ttl: 500ms is below 1s"}},
 		{name: "embedded etcd addresses", change: func(c *config.Config) { c.Etcd.PeerAddr = "nope" }, want: []string{"etcd.peer_addr:"}},
-		{name: "embedded etcd addresses unused by other targets", change: func(c *config.Config) { c.Target = "api"; c.Etcd.PeerAddr = "nope" }},
+		{name: "embedded etcd addresses unused by other targets", change: func(c *config.Config) {
+			clusterOf(c)
+			c.Target = "api"
+			c.Etcd.PeerAddr = "nope"
+		}},
 		{name: "admin token with newline", change: func(c *config.Config) { c.AdminToken = "abc\n" }, want: []string{"admin_token:"}},
 	}
 	for _, tt := range tests {
@@ -368,4 +383,12 @@ func TestNewLogger(t *testing.T) {
 	if strings.Contains(b.String(), "hidden") || !strings.Contains(b.String(), `"msg":"shown"`) {
 		t.Errorf("log output = %q", b.String())
 	}
+}
+
+// clusterOf switches c to the cluster engines, as a single role needs.
+func clusterOf(c *config.Config) {
+	c.Store.Backend = config.BackendCassandra
+	c.Queue.Backend = config.BackendKafka
+	c.Router.Backend = config.BackendRedis
+	c.Discovery.EtcdEndpoints = []string{"127.0.0.1:2379"}
 }

@@ -101,7 +101,13 @@ func (c Config) Validate() error {
 	v.positiveDuration("log_store.retention", c.LogStore.Retention)
 
 	r := c.Router
-	v.oneOf("router.backend", r.Backend, BackendMemory, BackendEtcd)
+	v.oneOf("router.backend", r.Backend, BackendMemory, BackendEtcd, BackendRedis)
+	if r.Backend == BackendRedis {
+		v.addr("router.redis_addr", r.RedisAddr)
+	}
+	if r.RouteTTL < time.Minute {
+		v.add("router.route_ttl", "%s is below 1m (gateways refresh routes in a fraction of it)", fmtDuration(r.RouteTTL))
+	}
 	for i, ep := range r.EtcdEndpoints {
 		v.endpoint(fmt.Sprintf("router.etcd_endpoints[%d]", i), ep)
 	}
@@ -110,6 +116,50 @@ func (c Config) Validate() error {
 	}
 	if r.LeaseTTL < time.Second {
 		v.add("router.lease_ttl", "%s is below 1s (etcd leases count whole seconds)", fmtDuration(r.LeaseTTL))
+	}
+
+	v.oneOf("store.backend", c.Store.Backend, BackendPebble, BackendCassandra)
+	if c.Store.Backend == BackendCassandra {
+		cs := c.Store.Cassandra
+		if len(cs.Hosts) == 0 {
+			v.add("store.cassandra.hosts", "must list at least one host:port")
+		}
+		if !validKeyspace(cs.Keyspace) {
+			v.add("store.cassandra.keyspace", "%q must be 1-48 characters of [a-z0-9_], starting with a letter", cs.Keyspace)
+		}
+		v.oneOf("store.cassandra.consistency", cs.Consistency, "one", "local_one", "local_quorum", "quorum", "all")
+		v.positive("store.cassandra.replication_factor", cs.ReplicationFactor)
+		v.positiveDuration("store.cassandra.timeout", cs.Timeout)
+	}
+	v.oneOf("queue.backend", c.Queue.Backend, BackendPebble, BackendKafka)
+	if c.Queue.Backend == BackendKafka {
+		k := c.Queue.Kafka
+		if len(k.Brokers) == 0 {
+			v.add("queue.kafka.brokers", "must list at least one host:port")
+		}
+		for i, b := range k.Brokers {
+			v.addr(fmt.Sprintf("queue.kafka.brokers[%d]", i), b)
+		}
+		v.positive("queue.kafka.partitions", k.Partitions)
+		v.positive("queue.kafka.replication_factor", k.ReplicationFactor)
+	}
+	if c.Target != TargetAll && (c.Store.Backend == BackendPebble || c.Queue.Backend == BackendPebble) {
+		v.add("target", "%s runs one role of a cluster: it needs store.backend cassandra and queue.backend kafka (the embedded engines serve one process)", c.Target)
+	}
+	if c.Target != TargetAll && c.Router.Backend == BackendMemory {
+		v.add("router.backend", "memory serves one process; target %s needs redis or etcd", c.Target)
+	}
+	for i, ep := range c.Discovery.EtcdEndpoints {
+		v.endpoint(fmt.Sprintf("discovery.etcd_endpoints[%d]", i), ep)
+	}
+	if c.Target != TargetAll && len(c.Discovery.EtcdEndpoints) == 0 {
+		v.add("discovery.etcd_endpoints", "target %s needs the etcd cluster where roles find each other", c.Target)
+	}
+	if c.Target == TargetGateway {
+		v.addr("discovery.gateway_grpc_addr", c.Discovery.GatewayGRPCAddr)
+	}
+	if c.Discovery.LeaseTTL < time.Second {
+		v.add("discovery.lease_ttl", "%s is below 1s (etcd leases count whole seconds)", fmtDuration(c.Discovery.LeaseTTL))
 	}
 
 	if c.RunsEmbeddedEtcd() {
@@ -133,6 +183,9 @@ func (c Config) listeners() []listener {
 	}
 	if c.Runs(TargetGateway) {
 		ls = append(ls, listener{"gateway.addr", c.Gateway.Addr})
+	}
+	if c.Target == TargetGateway {
+		ls = append(ls, listener{"discovery.gateway_grpc_addr", c.Discovery.GatewayGRPCAddr})
 	}
 	if c.RunsEmbeddedEtcd() {
 		ls = append(ls, listener{"etcd.client_addr", c.Etcd.ClientAddr}, listener{"etcd.peer_addr", c.Etcd.PeerAddr})
@@ -241,4 +294,16 @@ func splitAddr(addr string) (host string, err error) {
 		return "", fmt.Errorf("port %q is not a number in 0-65535", port)
 	}
 	return host, nil
+}
+
+func validKeyspace(s string) bool {
+	if len(s) == 0 || len(s) > 48 || s[0] < 'a' || s[0] > 'z' {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
