@@ -1,8 +1,9 @@
 // Package server builds the roles one herald process runs from its
-// configuration, wires them through their Go interfaces and supervises them:
-// if one role fails, the others are stopped; on shutdown readiness goes false
-// first, the api stops taking sends, gateways tell devices to reconnect,
-// the dispatcher settles what it holds, and the engines close last.
+// configuration, wires them through their Go interfaces (in one process) or
+// gRPC and etcd discovery (in a cluster), and supervises them: if one role
+// fails, the others are stopped; on shutdown readiness goes false first, the
+// api stops taking sends, gateways tell devices to reconnect, the dispatcher
+// settles what it holds, and the engines close last.
 //
 // cmd/herald is a thin main around it; tests embed it to run the real
 // platform in process.
@@ -24,25 +25,25 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/heraldpush/herald/pkg/config"
-	"github.com/heraldpush/herald/pkg/etcdembed"
-	"github.com/heraldpush/herald/pkg/pebbledb"
 	"github.com/heraldpush/herald/pkg/pushlog"
-	"github.com/heraldpush/herald/pkg/pushlog/pebblelog"
-	"github.com/heraldpush/herald/pkg/route"
-	"github.com/heraldpush/herald/pkg/route/etcdroute"
-	"github.com/heraldpush/herald/pkg/route/memroute"
 	"github.com/heraldpush/herald/pkg/store"
-	"github.com/heraldpush/herald/pkg/store/pebblestore"
 	"github.com/heraldpush/herald/pkg/telemetry"
 	"github.com/heraldpush/herald/services/api"
-	"github.com/heraldpush/herald/services/dispatcher"
 	"github.com/heraldpush/herald/services/gateway"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // AdminTokenFile is where a generated admin token is kept, under the data dir.
 const AdminTokenFile = "admin-token"
+
+// role is one supervised component.
+type role struct {
+	name  string
+	run   func(ctx context.Context) error
+	ready <-chan struct{} // nil: ready at once
+	// late roles stop after the others: the dispatcher settles (stores)
+	// what the gateway and the api leave in flight.
+	late bool
+}
 
 // Server is one herald process.
 type Server struct {
@@ -50,17 +51,13 @@ type Server struct {
 	log    *slog.Logger
 	tel    *telemetry.Telemetry
 	health *telemetry.Health
+	eng    *engines
 
-	closers []func() error // engines, closed in reverse order after the roles stop
-
-	etcd   *etcdembed.Server
-	routes route.Table
-	store  *pebblestore.Store
-	plog   *pebblelog.Log
-	gw     *gateway.Gateway
-	disp   *dispatcher.Dispatcher
-	api    *api.Server
-	ops    *telemetry.OpsServer
+	roles   []role
+	gw      *gateway.Gateway
+	api     *api.Server
+	ops     *telemetry.OpsServer
+	summary func() []any // what "herald ready" logs
 
 	ready chan struct{}
 	once  sync.Once
@@ -68,23 +65,19 @@ type Server struct {
 
 // New opens the engines and builds the roles. Nothing listens until Run.
 func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (s *Server, err error) {
-	if cfg.Target != config.TargetAll {
-		return nil, fmt.Errorf("server: -target=%s runs one role against the cluster engines (Kafka, Cassandra, Redis/etcd), "+
-			"which are not available yet; run -target=all (the default) for the embedded platform", cfg.Target)
-	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s = &Server{cfg: cfg, log: logger, ready: make(chan struct{})}
+	s = &Server{cfg: cfg, log: logger, ready: make(chan struct{}), eng: &engines{}}
 	defer func() {
 		if err != nil {
-			s.closeEngines()
+			s.eng.close(logger)
 		}
 	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("server: data dir: %w", err)
 	}
-	if s.cfg.AdminToken == "" {
+	if cfg.Runs(config.TargetAPI) && s.cfg.AdminToken == "" {
 		tok, generated, err := adminToken(cfg.DataDir)
 		if err != nil {
 			return nil, err
@@ -94,88 +87,20 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (s *Server
 			logger.Info("generated admin token", "file", filepath.Join(cfg.DataDir, AdminTokenFile))
 		}
 	}
-
 	if s.tel, err = telemetry.New("herald"); err != nil {
 		return nil, fmt.Errorf("server: telemetry: %w", err)
 	}
-	s.closers = append(s.closers, func() error { return s.tel.Shutdown(context.Background()) })
+	s.eng.add("telemetry", func() error { return s.tel.Shutdown(context.Background()) })
 	s.health = telemetry.NewHealth(s.tel.MetricsHandler())
 
-	db, err := pebbledb.Open(filepath.Join(cfg.DataDir, "pebble"), logger)
-	if err != nil {
-		return nil, fmt.Errorf("server: open pebble: %w", err)
-	}
-	s.closers = append(s.closers, db.Close)
-	s.store = pebblestore.New(db, pebblestore.Options{}, logger.With("component", "store"))
-	s.closers = append(s.closers, s.store.Close)
-	s.plog, err = pebblelog.New(db, pebblelog.Options{
-		Partitions: cfg.LogStore.Partitions,
-		MaxBatch:   cfg.Dispatcher.BatchSize,
-		Retention:  cfg.LogStore.Retention,
-	}, logger.With("component", "pushlog"))
-	if err != nil {
-		return nil, fmt.Errorf("server: open push log: %w", err)
-	}
-	s.closers = append(s.closers, s.plog.Close)
-
-	if cfg.RunsEmbeddedEtcd() {
-		s.etcd, err = etcdembed.Start(ctx, etcdembed.Config{
-			Dir:        filepath.Join(cfg.DataDir, "etcd"),
-			ClientAddr: cfg.Etcd.ClientAddr,
-			PeerAddr:   cfg.Etcd.PeerAddr,
-			Logger:     logger.With("component", "etcd"),
-		})
-		if err != nil {
-			return nil, fmt.Errorf("server: embedded etcd: %w", err)
-		}
-		s.closers = append(s.closers, s.etcd.Close)
-	}
-	if s.routes, err = s.routingTable(); err != nil {
+	if err := s.eng.open(ctx, s.cfg, logger); err != nil {
 		return nil, err
 	}
-	s.closers = append(s.closers, s.routes.Close)
-
-	meter := s.tel.Meter
-	s.gw, err = gateway.New(gateway.Config{
-		Addr:             cfg.Gateway.Addr,
-		NodeID:           cfg.NodeID,
-		MaxFrameBytes:    cfg.Gateway.MaxFrameBytes,
-		HandshakeTimeout: cfg.Gateway.HandshakeTimeout,
-		Heartbeat:        cfg.Gateway.Heartbeat,
-		HeartbeatMin:     cfg.Gateway.HeartbeatMin,
-		HeartbeatMax:     cfg.Gateway.HeartbeatMax,
-		AckTimeout:       cfg.Gateway.AckTimeout,
-		Window:           cfg.Gateway.Window,
-		DrainTimeout:     cfg.Gateway.DrainTimeout,
-	}, gateway.Deps{
-		Registry: s.store, Inbox: s.store, Status: s.store, Routes: s.routes, Log: s.plog,
-		Meter: meter("herald/gateway"),
-	}, logger)
-	if err != nil {
-		return nil, err
+	if cfg.Target == config.TargetAll {
+		err = s.buildAll()
+	} else {
+		err = s.buildRole(ctx)
 	}
-	gws := gateway.NewDirectory(s.gw)
-	s.disp, err = dispatcher.New(dispatcher.Config{
-		CommitInterval: cfg.Dispatcher.CommitInterval,
-		MaxInFlight:    cfg.Dispatcher.MaxInFlight,
-		DeliverTimeout: cfg.Gateway.AckTimeout + cfg.Gateway.AckTimeout/2,
-	}, dispatcher.Deps{
-		Log: s.plog, Routes: s.routes, Gateways: gws, Store: s.store, Meter: meter("herald/dispatcher"),
-	}, logger)
-	if err != nil {
-		return nil, err
-	}
-	s.api, err = api.New(api.Config{
-		HTTPAddr:        cfg.API.HTTPAddr,
-		GRPCAddr:        cfg.API.GRPCAddr,
-		AdminToken:      s.cfg.AdminToken,
-		MaxTargets:      cfg.API.MaxTargets,
-		MaxPayloadBytes: cfg.API.MaxPayloadBytes,
-		MaxBodyBytes:    cfg.API.MaxBodyBytes,
-		DefaultTTL:      cfg.API.DefaultTTL,
-		MaxTTL:          cfg.API.MaxTTL,
-		Mount:           s.health.Mount,
-	}, api.Deps{Store: s.store, Log: s.plog, Kicker: gws, Meter: meter("herald/api")}, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -185,85 +110,109 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (s *Server
 		if s.ops, err = telemetry.ListenOps(ctx, cfg.Ops.Addr, mux, logger); err != nil {
 			return nil, err
 		}
+		s.roles = append(s.roles, role{name: "ops", run: s.ops.Run})
 	}
 	return s, nil
 }
 
-func (s *Server) routingTable() (route.Table, error) {
-	switch s.cfg.Router.Backend {
-	case config.BackendMemory:
-		return memroute.New(), nil
-	case config.BackendEtcd:
-		var cli *clientv3.Client
-		if len(s.cfg.Router.EtcdEndpoints) == 0 {
-			if s.etcd == nil {
-				return nil, errors.New("server: router.backend etcd needs router.etcd_endpoints or the embedded etcd server")
-			}
-			cli = s.etcd.Client()
-		} else {
-			c, err := clientv3.New(clientv3.Config{Endpoints: s.cfg.Router.EtcdEndpoints})
-			if err != nil {
-				return nil, fmt.Errorf("server: etcd client: %w", err)
-			}
-			s.closers = append(s.closers, c.Close)
-			cli = c
-		}
-		return etcdroute.New(cli, etcdroute.Options{LeaseTTL: s.cfg.Router.LeaseTTL}, s.log.With("component", "routes")), nil
+// apiConfig is the api role's configuration.
+func (s *Server) apiConfig() api.Config {
+	c := s.cfg
+	return api.Config{
+		HTTPAddr:        c.API.HTTPAddr,
+		GRPCAddr:        c.API.GRPCAddr,
+		AdminToken:      s.cfg.AdminToken,
+		MaxTargets:      c.API.MaxTargets,
+		MaxPayloadBytes: c.API.MaxPayloadBytes,
+		MaxBodyBytes:    c.API.MaxBodyBytes,
+		DefaultTTL:      c.API.DefaultTTL,
+		MaxTTL:          c.API.MaxTTL,
+		Mount:           s.health.Mount,
 	}
-	return nil, fmt.Errorf("server: unknown router backend %q", s.cfg.Router.Backend)
+}
+
+// gatewayConfig is the gateway role's configuration.
+func (s *Server) gatewayConfig() gateway.Config {
+	g := s.cfg.Gateway
+	return gateway.Config{
+		Addr:             g.Addr,
+		NodeID:           s.cfg.NodeID,
+		MaxFrameBytes:    g.MaxFrameBytes,
+		HandshakeTimeout: g.HandshakeTimeout,
+		Heartbeat:        g.Heartbeat,
+		HeartbeatMin:     g.HeartbeatMin,
+		HeartbeatMax:     g.HeartbeatMax,
+		AckTimeout:       g.AckTimeout,
+		Window:           g.Window,
+		DrainTimeout:     g.DrainTimeout,
+	}
 }
 
 // Run runs every role until ctx ends or one of them fails, then shuts down
 // in order and closes the engines.
 func (s *Server) Run(ctx context.Context) error {
-	defer s.closeEngines()
-	rolesCtx, stopRoles := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopRoles()
-	// The dispatcher outlives the gateway and the api: it settles (stores)
-	// what they leave in flight.
-	dispCtx, stopDisp := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopDisp()
+	defer s.eng.close(s.log)
+	earlyCtx, stopEarly := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopEarly()
+	lateCtx, stopLate := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLate()
 
-	g, gctx := errgroup.WithContext(rolesCtx)
-	g.Go(func() error { return s.gw.Run(gctx) })
-	g.Go(func() error { return s.api.Run(gctx) })
-	g.Go(func() error { return s.store.Run(gctx) })
-	if s.ops != nil {
-		g.Go(func() error { return s.ops.Run(gctx) })
-	}
-	dispErr := make(chan error, 1)
-	go func() { dispErr <- s.disp.Run(dispCtx) }()
-
-	go func() {
-		select {
-		case <-s.gw.Ready():
-		case <-gctx.Done():
-			return
+	early, gctx := errgroup.WithContext(earlyCtx)
+	lateErr := make(chan error, 1)
+	var late sync.WaitGroup
+	var lateErrs []error
+	var lateMu sync.Mutex
+	for _, r := range s.roles {
+		if r.late {
+			late.Add(1)
+			go func() {
+				defer late.Done()
+				if err := r.run(lateCtx); err != nil {
+					lateMu.Lock()
+					lateErrs = append(lateErrs, fmt.Errorf("%s: %w", r.name, err))
+					lateMu.Unlock()
+					select {
+					case lateErr <- err:
+					default:
+					}
+				}
+			}()
+			continue
 		}
-		select {
-		case <-s.api.Ready():
-		case <-gctx.Done():
-			return
+		early.Go(func() error {
+			if err := r.run(gctx); err != nil {
+				return fmt.Errorf("%s: %w", r.name, err)
+			}
+			return nil
+		})
+	}
+	go func() {
+		for _, r := range s.roles {
+			if r.ready == nil {
+				continue
+			}
+			select {
+			case <-r.ready:
+			case <-gctx.Done():
+				return
+			}
 		}
 		s.health.SetReady(true)
-		s.log.Info("herald ready", "api_http", s.api.HTTPAddr(), "api_grpc", s.api.GRPCAddr(), "gateway", s.gw.Addr())
+		s.log.Info("herald ready", append([]any{"target", s.cfg.Target, "node", s.cfg.NodeID}, s.summary()...)...)
 		s.once.Do(func() { close(s.ready) })
 	}()
 
-	var first error
 	select {
 	case <-ctx.Done():
 	case <-gctx.Done():
-	case err := <-dispErr:
-		first = err
-		dispErr <- err
+	case <-lateErr:
 	}
 	s.health.SetReady(false)
-	stopRoles()
-	err := g.Wait()
-	stopDisp()
-	derr := <-dispErr
-	return errors.Join(first, ignoreCanceled(err), ignoreCanceled(derr))
+	stopEarly()
+	err := early.Wait()
+	stopLate()
+	late.Wait()
+	return errors.Join(ignoreCanceled(err), ignoreCanceled(errors.Join(lateErrs...)))
 }
 
 func ignoreCanceled(err error) error {
@@ -273,23 +222,31 @@ func ignoreCanceled(err error) error {
 	return err
 }
 
-func (s *Server) closeEngines() {
-	for i := len(s.closers) - 1; i >= 0; i-- {
-		if err := s.closers[i](); err != nil {
-			s.log.Warn("close engine", "err", err)
-		}
-	}
-	s.closers = nil
-}
-
 // Ready is closed once every role listens.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 // APIAddr is the REST address, GRPCAddr the gRPC one, GatewayAddr the device
-// listener; valid after Ready.
-func (s *Server) APIAddr() string     { return s.api.HTTPAddr() }
-func (s *Server) GRPCAddr() string    { return s.api.GRPCAddr() }
-func (s *Server) GatewayAddr() string { return s.gw.Addr() }
+// listener; valid after Ready, "" for roles this process does not run.
+func (s *Server) APIAddr() string {
+	if s.api == nil {
+		return ""
+	}
+	return s.api.HTTPAddr()
+}
+
+func (s *Server) GRPCAddr() string {
+	if s.api == nil {
+		return ""
+	}
+	return s.api.GRPCAddr()
+}
+
+func (s *Server) GatewayAddr() string {
+	if s.gw == nil {
+		return ""
+	}
+	return s.gw.Addr()
+}
 
 // OpsAddr is the ops endpoint address ("" when disabled).
 func (s *Server) OpsAddr() string {
@@ -300,10 +257,10 @@ func (s *Server) OpsAddr() string {
 }
 
 // Log is the process's push/upstream log, for tests and tools.
-func (s *Server) Log() pushlog.Log { return s.plog }
+func (s *Server) Log() pushlog.Log { return s.eng.log }
 
 // Store is the process's store, for tests and tools that inspect state.
-func (s *Server) Store() store.Store { return s.store }
+func (s *Server) Store() store.Store { return s.eng.store }
 
 // AdminToken is the admin token in force (configured or generated).
 func (s *Server) AdminToken() string { return s.cfg.AdminToken }

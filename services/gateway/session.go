@@ -41,8 +41,9 @@ type session struct {
 	appID, device, key string
 	heartbeat          time.Duration
 
-	authed   atomic.Bool
-	lastSeen atomic.Int64 // unix nanoseconds of the last frame read
+	authed    atomic.Bool
+	lastSeen  atomic.Int64 // unix nanoseconds of the last frame read
+	lastTouch time.Time    // when the route's TTL was last refreshed (wheel goroutine only)
 
 	wmu sync.Mutex // serializes writes
 
@@ -203,8 +204,40 @@ func (s *session) scheduleHeartbeatCheck(from time.Time) {
 			go s.closeWith(frame.CodeHeartbeatTimeout, "no heartbeat within the negotiated interval", 0)
 			return
 		}
+		s.maybeTouchRoute()
 		s.scheduleHeartbeatCheck(last)
 	})
+}
+
+// routeToucher is a routing table whose routes expire unless refreshed
+// (Redis). Heartbeats never write to it: a live session refreshes its route
+// at most once per TouchInterval, from its heartbeat check.
+type routeToucher interface {
+	Touch(ctx context.Context, device string, r route.Route) error
+	TouchInterval() time.Duration
+}
+
+func (s *session) maybeTouchRoute() {
+	t, ok := s.g.deps.Routes.(routeToucher)
+	if !ok {
+		return
+	}
+	now := time.Now()
+	if s.lastTouch.IsZero() {
+		s.lastTouch = now // bound at CONNECT with a fresh TTL
+		return
+	}
+	if now.Sub(s.lastTouch) < t.TouchInterval() {
+		return
+	}
+	s.lastTouch = now
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+		defer cancel()
+		if err := t.Touch(ctx, s.key, s.route()); err != nil {
+			s.g.log.Warn("refresh route", "device", s.key, "err", err)
+		}
+	}()
 }
 
 // handle processes one frame of an authenticated session; false ends it.
