@@ -116,8 +116,8 @@ deps-up: ## (not yet) Start Kafka, Cassandra, Redis and etcd for integration tes
 deps-down: ## (not yet) Stop what deps-up started
 	@echo "deps-down: arrives with the cluster issue"; exit 1
 
-cluster-up: ## (not yet) Start a local multi-node Herald cluster
-	@echo "cluster-up: arrives with the cluster issue; make run starts every role in one process"; exit 1
+cluster-up: ## Start 1 api, 1 router, 2 dispatchers, 2 gateways on the real engines (scripts/cluster.sh; ROUTER=etcd for etcd routes)
+	scripts/cluster.sh up
 
-cluster-down: ## (not yet) Stop the local cluster
-	@echo "cluster-down: arrives with the cluster issue"; exit 1
+cluster-down: ## Stop the local cluster (the engines keep running: make deps-down)
+	scripts/cluster.sh down

@@ -53,6 +53,18 @@ type child struct {
 // until its REST API answers /readyz.
 func startChild(t testing.TB, env []string, api string) *child {
 	t.Helper()
+	return startChildURL(t, env, "http://"+api+"/readyz")
+}
+
+// startChildOps is startChild for roles without the REST API: it waits on
+// the ops endpoint's /readyz.
+func startChildOps(t testing.TB, env []string, ops string) *child {
+	t.Helper()
+	return startChildURL(t, env, "http://"+ops+"/readyz")
+}
+
+func startChildURL(t testing.TB, env []string, readyURL string) *child {
+	t.Helper()
 	bin, err := buildHerald()
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +102,7 @@ func startChild(t testing.TB, env []string, api string) *child {
 			logMu.Unlock()
 		}
 	})
-	client := newAPI("http://" + api)
+	client := newAPI(readyURL)
 	eventually(t, 60*time.Second, "herald child ready", func() (bool, string) {
 		select {
 		case err := <-c.done:
@@ -98,7 +110,7 @@ func startChild(t testing.TB, env []string, api string) *child {
 			t.Fatalf("herald child exited: %v", err)
 		default:
 		}
-		code, _, err := client.doE("GET", "/readyz", nil, nil, nil)
+		code, _, err := client.doE("GET", "", nil, nil, nil)
 		return err == nil && code == 200, fmt.Sprint(code, err)
 	})
 	return c

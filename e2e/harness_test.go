@@ -257,6 +257,7 @@ type device struct {
 	id, token string
 	app       app
 	gw        []string
+	endpoints string // API base URL for the gateway endpoint list ("" = only gw)
 
 	// hold, if set, blocks the app's message handler (and so the acks)
 	// until it is closed: a slow app, messages in flight.
@@ -286,7 +287,7 @@ func (d *device) connect(t testing.TB) {
 func (d *device) connectE() error {
 	connected := make(chan struct{}, 1)
 	c, err := herald.New(herald.Config{
-		Addrs: d.gw, AppKey: d.app.Key, DeviceID: d.id, Token: d.token,
+		Addrs: d.gw, EndpointsURL: d.endpoints, AppKey: d.app.Key, DeviceID: d.id, Token: d.token,
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
 		OnMessage: func(m herald.Message) {
 			if d.hold != nil {

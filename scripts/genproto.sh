@@ -28,5 +28,5 @@ gen() { # gen <out-module-dir> <module-path> <proto files...>
     "$@"
 }
 gen api github.com/heraldpush/herald/api proto/herald/device/v1/device.proto proto/herald/v1/herald.proto
-gen . github.com/heraldpush/herald proto/herald/internal/v1/envelope.proto
+gen . github.com/heraldpush/herald proto/herald/internal/v1/envelope.proto proto/herald/internal/v1/gateway.proto
 echo "genproto: done"

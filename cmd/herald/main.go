@@ -1,6 +1,7 @@
 // Command herald is the Herald server. With no -target (or -target=all) it
 // runs every role in one process on embedded engines; see `herald -h` and
-// docs/configuration.md.
+// docs/configuration.md. `herald migrate [flags]` prepares the cluster
+// engines (Cassandra schema, Kafka topics) and exits.
 package main
 
 import (
@@ -21,7 +22,12 @@ func main() {
 }
 
 func run() int {
-	cfg, err := config.Load(os.Args[1:], os.Getenv)
+	args := os.Args[1:]
+	migrate := len(args) > 0 && args[0] == "migrate"
+	if migrate {
+		args = args[1:]
+	}
+	cfg, err := config.Load(args, os.Getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		config.Usage(os.Stdout)
 		return 0
@@ -40,6 +46,14 @@ func run() int {
 	logger := cfg.Log.NewLogger(os.Stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if migrate {
+		if err := server.Migrate(ctx, cfg, logger); err != nil {
+			logger.Error("migrate failed", "err", err)
+			return 1
+		}
+		fmt.Println("migrate ok")
+		return 0
+	}
 	srv, err := server.New(ctx, cfg, logger)
 	if err != nil {
 		logger.Error("herald failed to start", "err", err)

@@ -31,7 +31,7 @@ commands:
        [--data k=v ...] [--badge N] [--sound S] [--click-action A] [--ttl SECONDS]
        [--priority high|normal] [--collapse-id X] [--idempotency-key Y]
   status MESSAGE_ID --app-key K --app-secret S
-  listen --app-key K --device-id D --token T [--count N]
+  listen --app-key K --device-id D --token T [--count N] [--endpoints URL|none]
 
 global flags (also accepted after the command):
   --api URL        REST API base URL (env HERALD_API, default http://127.0.0.1:8080)

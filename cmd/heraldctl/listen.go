@@ -30,10 +30,12 @@ func (c *cli) listen(ctx context.Context, args []string) error {
 	device := fs.String("device-id", c.getenv("HERALD_DEVICE_ID"), "device id (env HERALD_DEVICE_ID)")
 	token := fs.String("token", c.getenv("HERALD_DEVICE_TOKEN"), "device token (env HERALD_DEVICE_TOKEN)")
 	limit := fs.Int("count", 0, "exit after this many messages (0 = run until interrupted)")
+	endpoints := fs.String("endpoints", "", "API base `URL` to fetch the gateway list from (default: the --api URL, unless --gateway is given; \"none\": --gateway only)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
+	listURL := c.endpointsURL(*endpoints)
 	if err := noPositional("listen", pos); err != nil {
 		return err
 	}
@@ -52,10 +54,11 @@ func (c *cli) listen(ctx context.Context, args []string) error {
 	)
 	enc := json.NewEncoder(c.stdout)
 	client, err = herald.New(herald.Config{
-		Addrs:    []string{c.gateway},
-		AppKey:   *key,
-		DeviceID: *device,
-		Token:    *token,
+		Addrs:        []string{c.gateway},
+		EndpointsURL: listURL,
+		AppKey:       *key,
+		DeviceID:     *device,
+		Token:        *token,
 		OnMessage: func(m herald.Message) {
 			line := listenLine{
 				MessageID: m.ID, Kind: m.Kind, Title: m.Title, Body: m.Body, Badge: m.Badge,
@@ -78,6 +81,8 @@ func (c *cli) listen(ctx context.Context, args []string) error {
 		},
 		OnState: func(s herald.State, err error) {
 			switch {
+			case s == herald.Connected && listURL != "":
+				fmt.Fprintf(c.stderr, "heraldctl: connected (gateway list from %s, fallback %s)\n", listURL, c.gateway)
 			case s == herald.Connected:
 				fmt.Fprintf(c.stderr, "heraldctl: connected to %s\n", c.gateway)
 			case s == herald.Disconnected && err != nil:
@@ -98,4 +103,22 @@ func (c *cli) listen(ctx context.Context, args []string) error {
 		return nil // interrupted
 	}
 	return err
+}
+
+// defaultGateway is the --gateway default (cli.go).
+const defaultGateway = "127.0.0.1:5222"
+
+// endpointsURL is where listen fetches its gateway list: --endpoints, else
+// the --api URL unless a gateway was named (--gateway or HERALD_GATEWAY),
+// which is then used alone. "none" turns the list off.
+func (c *cli) endpointsURL(flagValue string) string {
+	switch {
+	case flagValue == "none":
+		return ""
+	case flagValue != "":
+		return flagValue
+	case c.getenv("HERALD_GATEWAY") != "" || c.gateway != defaultGateway:
+		return ""
+	}
+	return c.api
 }

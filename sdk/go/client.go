@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -29,11 +30,25 @@ const (
 const fallbackHeartbeat = time.Minute
 
 // Config configures a Client. AppKey, DeviceID, Token and at least one
-// address are required; zero values elsewhere mean the defaults.
+// gateway address or an EndpointsURL are required; zero values elsewhere
+// mean the defaults.
 type Config struct {
 	// Addrs are gateway host:port addresses, tried in order; the next one is
-	// tried when one fails.
-	Addrs                   []string
+	// tried when one fails. With EndpointsURL they are the fallback used
+	// when the endpoint list cannot be fetched.
+	Addrs []string
+	// EndpointsURL is the base URL of the Herald API (e.g.
+	// "https://push.example.com"). If set, the client fetches its gateway
+	// list from GET <EndpointsURL>/v1/endpoints before connecting, when the
+	// list's TTL has passed and whenever every gateway in it failed, and
+	// tries the addresses in order. When the API cannot be reached it uses
+	// the last list it fetched, then Addrs.
+	EndpointsURL string
+	// EndpointsTimeout bounds one fetch of the endpoint list.
+	EndpointsTimeout time.Duration
+	// HTTPClient fetches the endpoint list; nil means a default client.
+	HTTPClient *http.Client
+
 	AppKey, DeviceID, Token string
 	// Heartbeat is the interval the client asks for (whole seconds; 0 lets
 	// the server choose). The server's answer is what is used.
@@ -85,9 +100,12 @@ func (s State) String() string {
 // Client is a device connection to Herald. Create it with New, then call Run.
 // Its methods are safe for concurrent use.
 type Client struct {
-	cfg   Config
-	log   *slog.Logger
-	dedup *dedup // used only by the message-handling goroutine of the current session
+	cfg          Config
+	log          *slog.Logger
+	dedup        *dedup // used only by the message-handling goroutine of the current session
+	endpointsURL string // the full endpoint list URL; "" without EndpointsURL
+	http         *http.Client
+	lastGood     endpointList // used only by Run's goroutine
 
 	mu        sync.Mutex
 	started   bool
@@ -103,21 +121,41 @@ type Client struct {
 // New checks cfg and returns a client. It does not connect: Run does.
 func New(cfg Config) (*Client, error) {
 	switch {
-	case len(cfg.Addrs) == 0:
-		return nil, fmt.Errorf("%w: no gateway address", ErrInvalidConfig)
+	case len(cfg.Addrs) == 0 && cfg.EndpointsURL == "":
+		return nil, fmt.Errorf("%w: no gateway address and no EndpointsURL", ErrInvalidConfig)
 	case cfg.AppKey == "":
 		return nil, fmt.Errorf("%w: AppKey is empty", ErrInvalidConfig)
 	case cfg.DeviceID == "":
 		return nil, fmt.Errorf("%w: DeviceID is empty", ErrInvalidConfig)
 	case cfg.Token == "":
 		return nil, fmt.Errorf("%w: Token is empty", ErrInvalidConfig)
-	case cfg.Heartbeat < 0 || cfg.DialTimeout < 0 || cfg.MinBackoff < 0 || cfg.MaxBackoff < 0 || cfg.DedupSize < 0:
+	case cfg.Heartbeat < 0 || cfg.DialTimeout < 0 || cfg.MinBackoff < 0 || cfg.MaxBackoff < 0 || cfg.DedupSize < 0 || cfg.EndpointsTimeout < 0:
 		return nil, fmt.Errorf("%w: negative duration or size", ErrInvalidConfig)
 	}
 	for _, a := range cfg.Addrs {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			return nil, fmt.Errorf("%w: address %q: %w", ErrInvalidConfig, a, err)
 		}
+	}
+	var endpointsURL string
+	if cfg.EndpointsURL != "" {
+		u, err := endpointsRequestURL(cfg.EndpointsURL, cfg.AppKey, cfg.DeviceID)
+		if err != nil {
+			return nil, fmt.Errorf("%w: EndpointsURL: %w", ErrInvalidConfig, err)
+		}
+		endpointsURL = u
+	}
+	if cfg.EndpointsTimeout == 0 {
+		cfg.EndpointsTimeout = DefaultEndpointsTimeout
+	}
+	httpClient := cfg.HTTPClient
+	if httpClient == nil {
+		// One request every few minutes at most: no idle connection kept.
+		httpClient = &http.Client{Timeout: cfg.EndpointsTimeout, Transport: &http.Transport{
+			Proxy:               http.ProxyFromEnvironment,
+			DisableKeepAlives:   true,
+			TLSHandshakeTimeout: cfg.EndpointsTimeout,
+		}}
 	}
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = DefaultDialTimeout
@@ -140,13 +178,15 @@ func New(cfg Config) (*Client, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Client{
-		cfg:       cfg,
-		log:       log.With("device_id", cfg.DeviceID),
-		dedup:     newDedup(cfg.DedupSize),
-		finished:  make(chan struct{}),
-		cursor:    cfg.ResumeCursor,
-		connected: make(chan struct{}),
-		pending:   make(map[string]chan string),
+		cfg:          cfg,
+		log:          log.With("device_id", cfg.DeviceID),
+		dedup:        newDedup(cfg.DedupSize),
+		endpointsURL: endpointsURL,
+		http:         httpClient,
+		finished:     make(chan struct{}),
+		cursor:       cfg.ResumeCursor,
+		connected:    make(chan struct{}),
+		pending:      make(map[string]chan string),
 	}, nil
 }
 
@@ -209,14 +249,34 @@ func (c *Client) Run(ctx context.Context) error {
 
 func (c *Client) loop(ctx context.Context) error {
 	var (
-		idx      int // next address in cfg.Addrs
-		attempt  int // backoff exponent
-		failures int // failed connects since the last session or backoff
+		addrs    []string // the gateways to try, best first
+		idx      int      // next address in addrs
+		attempt  int      // backoff exponent
+		failures int      // failed connects since the last session or backoff
 		redirect string
+		refresh  = true // (re)read the gateway list before the next connect
 	)
-	n := len(c.cfg.Addrs)
 	for {
-		addr, redirected := c.cfg.Addrs[idx], redirect != ""
+		if refresh && redirect == "" {
+			refresh = false
+			addrs, idx, failures = c.gateways(ctx), 0, 0
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+		}
+		if len(addrs) == 0 {
+			// Only an EndpointsURL and the API is down: ask again later.
+			delay := backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)
+			attempt++
+			refresh = true
+			c.setState(Disconnected, ErrNoGateway)
+			if err := sleep(ctx, delay); err != nil {
+				return err
+			}
+			continue
+		}
+		n := len(addrs)
+		addr, redirected := addrs[idx], redirect != ""
 		if redirected {
 			addr, redirect = redirect, ""
 		}
@@ -234,6 +294,8 @@ func (c *Client) loop(ctx context.Context) error {
 			if up >= c.cfg.MaxBackoff {
 				attempt = 0 // it was stable: start backing off from the bottom again
 			}
+			// A list past its TTL is fetched again before reconnecting.
+			refresh = c.listStale()
 		} else if !redirected {
 			idx = (idx + 1) % n
 			failures++
@@ -250,6 +312,10 @@ func (c *Client) loop(ctx context.Context) error {
 			}
 			redirect = ce.Redirect
 			delay = ce.RetryAfter
+		}
+		if failures >= n {
+			// Every known gateway failed in a row: fetch the list again.
+			refresh = c.endpointsURL != ""
 		}
 		if delay == 0 && (failures == 0 || failures >= n) {
 			// Back off after a session ends, or once every address failed in

@@ -9,10 +9,11 @@
 // and the token:
 //
 //	c, err := herald.New(herald.Config{
-//		Addrs:    []string{"gw1.example.com:5222", "gw2.example.com:5222"},
-//		AppKey:   appKey,
-//		DeviceID: deviceID,
-//		Token:    token,
+//		EndpointsURL: "https://push.example.com", // the gateway list, from the API
+//		Addrs:        []string{"203.0.113.10:5222", "203.0.113.11:5222"}, // fallback
+//		AppKey:       appKey,
+//		DeviceID:     deviceID,
+//		Token:        token,
 //		OnMessage: func(m herald.Message) {
 //			// store or show m; it is acknowledged when this returns
 //		},
@@ -21,6 +22,10 @@
 //	err = c.Run(ctx) // until ctx ends, c.Close, or the server refuses the device
 //
 // Behaviour in one place:
+//   - With EndpointsURL the client fetches its ordered gateway list from the
+//     API (GET /v1/endpoints) before connecting, when the list's TTL passed and
+//     after every gateway in it failed, and tries the addresses in order; when
+//     the API cannot be reached it uses the last good list, then Addrs.
 //   - OnMessage is called in order, one message at a time, from one goroutine.
 //     The message is acknowledged after OnMessage returns; acknowledgements are
 //     batched but never held back more than a few milliseconds.

@@ -18,6 +18,9 @@ var (
 	ErrTooLarge = errors.New("herald: payload too large")
 	// ErrAlreadyRunning is returned by a second call to Run.
 	ErrAlreadyRunning = errors.New("herald: Run already called")
+	// ErrNoGateway is reported to OnState when the endpoint list cannot be
+	// fetched and Config.Addrs is empty: the client asks again later.
+	ErrNoGateway = errors.New("herald: no gateway address (endpoint list unavailable, no fallback Addrs)")
 )
 
 // CloseError is a DISCONNECT received from the server. Run returns it when

@@ -100,8 +100,11 @@ type Kicker interface {
 type Deps struct {
 	Store  store.Store
 	Log    pushlog.Appender
-	Kicker Kicker       // may be nil
-	Meter  metric.Meter // nil = no metrics
+	Kicker Kicker // may be nil
+	// Endpoints lists gateway addresses for GET /v1/endpoints; nil answers
+	// 503 unavailable.
+	Endpoints Endpoints
+	Meter     metric.Meter // nil = no metrics
 }
 
 // Server serves the REST and gRPC APIs.
@@ -135,11 +138,12 @@ func New(cfg Config, deps Deps, logger *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("api: metrics: %w", err)
 	}
 	svc := &service{
-		store:  deps.Store,
-		log:    deps.Log,
-		kicker: deps.Kicker,
-		nextID: ids.New(nil).Next,
-		now:    time.Now,
+		store:     deps.Store,
+		log:       deps.Log,
+		kicker:    deps.Kicker,
+		endpoints: deps.Endpoints,
+		nextID:    ids.New(nil).Next,
+		now:       time.Now,
 		limits: sendLimits{
 			MaxTargets:      cfg.MaxTargets,
 			MaxPayloadBytes: cfg.MaxPayloadBytes,

@@ -38,6 +38,7 @@ func newREST(svc *service, cfg Config, m *metrics, logger *slog.Logger) *rest {
 	h.mux.HandleFunc("DELETE /v1/devices/{device_id}", h.deleteDevice)
 	h.mux.HandleFunc("POST /v1/messages", h.send)
 	h.mux.HandleFunc("GET /v1/messages/{message_id}", h.getMessage)
+	h.mux.HandleFunc("GET /v1/endpoints", h.getEndpoints)
 	if cfg.Mount != nil {
 		cfg.Mount(h.mux)
 	}

@@ -39,11 +39,13 @@ type service struct {
 	store  store.Store
 	log    pushlog.Appender
 	kicker Kicker
-	nextID func() string // time-ordered message ids (an ids.Generator)
-	now    func() time.Time
-	limits sendLimits
-	admin  []byte // SHA-256 of the admin token; nil when admin calls are off
-	logger *slog.Logger
+	// endpoints answers GET /v1/endpoints; nil when the role has none.
+	endpoints Endpoints
+	nextID    func() string // time-ordered message ids (an ids.Generator)
+	now       func() time.Time
+	limits    sendLimits
+	admin     []byte // SHA-256 of the admin token; nil when admin calls are off
+	logger    *slog.Logger
 	// accepted is called once per message appended to the push log.
 	accepted func(ctx context.Context)
 }

@@ -15,11 +15,13 @@ type tracker struct {
 }
 
 type partState struct {
-	pending   []int64        // offsets in fetch order (ascending)
-	done      map[int64]bool // settled offsets still in pending
-	committed int64          // next offset already committed, -1 if none
-	last      pushlog.Record // newest settled record not yet committed
-	has       bool
+	pending []int64 // offsets in fetch order (ascending, except after a rebalance re-delivers)
+	// done counts settled copies of offsets still in pending: after a
+	// consumer-group rebalance the same offset can be fetched (and settle)
+	// twice, and each copy must pop exactly one pending entry.
+	done map[int64]int
+	last pushlog.Record // newest settled record not yet committed
+	has  bool
 }
 
 func newTracker() *tracker { return &tracker{parts: make(map[int]*partState)} }
@@ -27,7 +29,7 @@ func newTracker() *tracker { return &tracker{parts: make(map[int]*partState)} }
 func (t *tracker) part(p int) *partState {
 	ps, ok := t.parts[p]
 	if !ok {
-		ps = &partState{done: make(map[int64]bool), committed: -1}
+		ps = &partState{done: make(map[int64]int)}
 		t.parts[p] = ps
 	}
 	return ps
@@ -47,11 +49,13 @@ func (t *tracker) done(recs []pushlog.Record) {
 	defer t.mu.Unlock()
 	for _, r := range recs {
 		ps := t.part(r.Partition)
-		ps.done[r.Offset] = true
+		ps.done[r.Offset]++
 		// Advance the settled prefix.
-		for len(ps.pending) > 0 && ps.done[ps.pending[0]] {
+		for len(ps.pending) > 0 && ps.done[ps.pending[0]] > 0 {
 			off := ps.pending[0]
-			delete(ps.done, off)
+			if ps.done[off]--; ps.done[off] == 0 {
+				delete(ps.done, off)
+			}
 			ps.pending = ps.pending[1:]
 			ps.last = pushlog.Record{Partition: r.Partition, Offset: off}
 			ps.has = true

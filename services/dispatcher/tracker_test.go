@@ -48,6 +48,17 @@ func TestTrackerCommitsOnlySettledPrefix(t *testing.T) {
 			},
 		},
 		{
+			// A rebalance hands the partition back and its records are
+			// fetched again while the first copies are still in flight.
+			name:    "the same offsets fetched twice",
+			fetched: [][]pushlog.Record{recs(0, 6), recs(0, 5), recs(0, 5)},
+			steps: []step{
+				{done: recs(0, 5), want: map[int]int64{}},
+				{done: recs(0, 5), want: map[int]int64{}},
+				{done: recs(0, 6), want: map[int]int64{0: 5}},
+			},
+		},
+		{
 			name:    "gap in the middle holds the rest",
 			fetched: [][]pushlog.Record{recs(0, 0), recs(0, 1), recs(0, 2)},
 			steps: []step{

@@ -1,0 +1,195 @@
+//go:build integration
+
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// connectAll registers and connects n devices through the endpoint list.
+func connectAll(t *testing.T, api *apiClient, ap app, base string, n int, gws []string, prefix string) []*device {
+	t.Helper()
+	devs := make([]*device, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for i := range devs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			id := fmt.Sprintf("%s-%05d", prefix, i)
+			var out struct {
+				Token string `json:"device_token"`
+			}
+			code, raw, err := api.doE("POST", "/v1/devices", ap.auth, map[string]string{"device_id": id, "platform": "android"}, &out)
+			if err != nil || code != http.StatusCreated {
+				t.Errorf("register %s: %d %s %v", id, code, raw, err)
+				return
+			}
+			d := newDevice(ap, id, out.Token, gws...)
+			d.endpoints = base
+			if err := d.connectE(); err != nil {
+				t.Error(err)
+				return
+			}
+			devs[i] = d
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	t.Cleanup(func() {
+		for _, d := range devs {
+			d.disconnect(t)
+		}
+	})
+	return devs
+}
+
+var connGauge = regexp.MustCompile(`(?m)^herald_gateway_connections\S*\s+(\d+)`)
+
+// gatewayConnections reads a gateway process's connection gauge.
+func gatewayConnections(t *testing.T, ops string) int {
+	t.Helper()
+	resp, err := http.Get("http://" + ops + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	m := connGauge.FindSubmatch(body)
+	if m == nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// sendToEach sends perDevice messages to every device from 32 workers and
+// returns device id -> message ids.
+func sendToEach(t *testing.T, api *apiClient, ap app, devs []*device, perDevice int) map[string]map[string]bool {
+	t.Helper()
+	want := make(map[string]map[string]bool, len(devs))
+	for _, d := range devs {
+		want[d.id] = make(map[string]bool, perDevice)
+	}
+	var mu sync.Mutex
+	jobs := make(chan *device)
+	var wg sync.WaitGroup
+	for w := 0; w < 32; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for d := range jobs {
+				id, err := api.sendE(ap, sendReq{Audience: toDevices(d.id), Data: map[string]string{"to": d.id}})
+				if err != nil {
+					t.Error(err)
+					continue
+				}
+				mu.Lock()
+				want[d.id][id] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	start := time.Now()
+	for k := 0; k < perDevice; k++ {
+		for _, d := range devs {
+			jobs <- d
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	t.Logf("accepted %d messages in %s", perDevice*len(devs), time.Since(start))
+	if t.Failed() {
+		t.FailNow()
+	}
+	return want
+}
+
+// expectExactly waits until every device has exactly its messages, once.
+func expectExactly(t *testing.T, devs []*device, want map[string]map[string]bool, within time.Duration) {
+	t.Helper()
+	total := 0
+	for _, ids := range want {
+		total += len(ids)
+	}
+	eventually(t, within, "every device has its messages", func() (bool, string) {
+		missing := 0
+		for _, d := range devs {
+			d.mu.Lock()
+			for id := range want[d.id] {
+				if d.seen[id] == 0 {
+					missing++
+				}
+			}
+			d.mu.Unlock()
+		}
+		return missing == 0, fmt.Sprintf("%d of %d missing", missing, total)
+	})
+	for _, d := range devs {
+		d.mu.Lock()
+		for id, n := range d.seen {
+			if !want[d.id][id] {
+				t.Errorf("device %s got message %s that was not sent to it", d.id, id)
+			}
+			if n != 1 {
+				t.Errorf("device %s handed message %s to the app %d times", d.id, id, n)
+			}
+		}
+		d.mu.Unlock()
+	}
+}
+
+// expectDelivered checks every message's status counts settle to one delivery.
+func expectDelivered(t *testing.T, api *apiClient, ap app, want map[string]map[string]bool) {
+	t.Helper()
+	eventually(t, 60*time.Second, "status counts equal the truth", func() (bool, string) {
+		for _, ids := range want {
+			for id := range ids {
+				st := api.status(t, ap, id)
+				if st.Counts != (counts{Targeted: 1, Delivered: 1}) {
+					return false, fmt.Sprintf("%s: %+v", id, st.Counts)
+				}
+			}
+		}
+		return true, ""
+	})
+}
+
+// Acceptance (cluster) 2 and 6: devices spread over 2 gateway processes,
+// unicast messages through the api process, 2 dispatcher processes on
+// Kafka, the store on Cassandra, the routing table on Redis and on etcd:
+// each device gets exactly its messages once; status counts are true.
+func TestClusterUnicast(t *testing.T) {
+	for _, router := range []string{"redis", "etcd"} {
+		t.Run(router, func(t *testing.T) {
+			nDevices, perDevice := 2000, 10
+			if router == "etcd" {
+				nDevices, perDevice = 1000, 10 // the etcd table is the small-deployment option
+			}
+			cl := startCluster(t, clusterSpec{router: router, gateways: 2, dispatchers: 2})
+			api := newAPI("http://" + cl.api.api)
+			ap := api.createApp(t, "cluster-"+router)
+			cl.waitEndpoints(api, ap, 2)
+			devs := connectAll(t, api, ap, "http://"+cl.api.api, nDevices, cl.gatewayAddrs(), "dev")
+			for _, g := range cl.gateways {
+				if n := gatewayConnections(t, g.ops); n < nDevices/10 {
+					t.Fatalf("gateway %s holds %d of %d devices: the endpoint list does not spread them", g.name, n, nDevices)
+				}
+			}
+			want := sendToEach(t, api, ap, devs, perDevice)
+			expectExactly(t, devs, want, 120*time.Second)
+			expectDelivered(t, api, ap, want)
+		})
+	}
+}
