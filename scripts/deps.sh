@@ -152,7 +152,8 @@ port_open() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
 launch() {
 	local name=$1
 	shift
-	setsid nohup "$@" >"$LOGS/$name.out" 2>&1 </dev/null &
+	# 9>&-: the engine must not inherit (and so hold) the deps lock.
+	setsid nohup "$@" >"$LOGS/$name.out" 2>&1 </dev/null 9>&- &
 	echo $! >"$(pidfile "$name")"
 }
 
@@ -226,7 +227,7 @@ log_tail() { # log_tail ENGINE: the end of the engine's logs, for a failure repo
 cmd_up() {
 	local start=$SECONDS
 	mkdir -p "$CACHE" "$CONF" "$DATA" "$LOGS" "$RUN"
-	exec 9>"$RUN/deps.lock"
+	exec 9>"$RUN/lock"
 	flock 9 # one `up`/`down` at a time (parallel make targets, two shells)
 
 	local todo=() e
@@ -307,7 +308,7 @@ cmd_down() {
 	*) die "usage: deps.sh down [--wipe]" ;;
 	esac
 	mkdir -p "$RUN"
-	exec 9>"$RUN/deps.lock"
+	exec 9>"$RUN/lock"
 	flock 9
 	local -A pids
 	for e in "${ENGINES[@]}"; do

@@ -111,7 +111,9 @@ type Registration struct {
 // seconds; etcd raises it to its minimum if lower) and keeps the lease
 // alive until Close. If the lease is lost (etcd unreachable for longer than
 // ttl) it registers again as soon as etcd answers. A record left by an
-// earlier process with the same node id is replaced.
+// earlier process with the same node id is replaced. ctx bounds only the
+// initial registration; the registration lives until Close (or until cli
+// is closed, which leaves the record to expire: a crash).
 func Register(ctx context.Context, cli *clientv3.Client, g Gateway, ttl time.Duration, logger *slog.Logger, opts ...Option) (*Registration, error) {
 	if err := validNode(g.Node); err != nil {
 		return nil, err

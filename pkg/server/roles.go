@@ -1,6 +1,7 @@
 package server
 
 import (
+	"github.com/heraldpush/herald/pkg/discovery"
 	"github.com/heraldpush/herald/services/api"
 	"github.com/heraldpush/herald/services/dispatcher"
 	"github.com/heraldpush/herald/services/gateway"
@@ -21,7 +22,10 @@ func (s *Server) buildAll() error {
 	if err != nil {
 		return err
 	}
-	a, err := api.New(s.apiConfig(), api.Deps{Store: e.store, Log: e.log, Kicker: gws, Meter: s.tel.Meter("herald/api")}, s.log)
+	endpoints := discovery.Static(func() string { return advertise(s.cfg.Discovery.AdvertiseAddr, gw.Addr()) })
+	a, err := api.New(s.apiConfig(), api.Deps{
+		Store: e.store, Log: e.log, Kicker: gws, Endpoints: endpoints, Meter: s.tel.Meter("herald/api"),
+	}, s.log)
 	if err != nil {
 		return err
 	}

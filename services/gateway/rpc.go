@@ -76,12 +76,13 @@ func NewRPCServer(g *Gateway, cfg RPCConfig, logger *slog.Logger) *RPCServer {
 		ready:  make(chan struct{}),
 	}
 	s.addr.Store("")
-	s.setServing(false)
+	s.SetServing(false)
 	return s
 }
 
 // Register adds the GatewayNode and health services to r, for a caller
-// that runs its own gRPC server instead of Run.
+// that runs its own gRPC server instead of Run (and reports health with
+// SetServing).
 func (s *RPCServer) Register(r grpc.ServiceRegistrar) {
 	internalv1.RegisterGatewayNodeServer(r, s)
 	healthpb.RegisterHealthServer(r, s.health)
@@ -122,7 +123,7 @@ func (s *RPCServer) Run(ctx context.Context) error {
 		select {
 		case <-s.g.Ready():
 			if ctx.Err() == nil {
-				s.setServing(true)
+				s.SetServing(true)
 			}
 		case <-ctx.Done():
 		}
@@ -156,7 +157,9 @@ func (s *RPCServer) Run(ctx context.Context) error {
 	return runErr
 }
 
-func (s *RPCServer) setServing(ok bool) {
+// SetServing sets the health of the server and of the GatewayNode service.
+// Run does it itself.
+func (s *RPCServer) SetServing(ok bool) {
 	st := healthpb.HealthCheckResponse_NOT_SERVING
 	if ok {
 		st = healthpb.HealthCheckResponse_SERVING
