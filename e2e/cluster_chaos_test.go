@@ -3,7 +3,16 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
+	"os/exec"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/heraldpush/herald/api/devicev1"
+	"github.com/heraldpush/herald/pkg/enginetest"
+	"github.com/heraldpush/herald/pkg/route"
+	"github.com/heraldpush/herald/pkg/route/redisroute"
 	"sync"
 	"testing"
 	"time"
@@ -16,12 +25,13 @@ type streamer struct {
 	want     map[string]map[string]bool
 	accepted int
 	failed   int
+	codes    map[int]int // refused sends by HTTP status (0: no answer)
 	stop     chan struct{}
 	done     sync.WaitGroup
 }
 
 func startStreaming(t *testing.T, api *apiClient, ap app, devs []*device, workers int, pause time.Duration) *streamer {
-	s := &streamer{want: make(map[string]map[string]bool), stop: make(chan struct{})}
+	s := &streamer{want: make(map[string]map[string]bool), stop: make(chan struct{}), codes: make(map[int]int)}
 	for _, d := range devs {
 		s.want[d.id] = make(map[string]bool)
 	}
@@ -40,6 +50,12 @@ func startStreaming(t *testing.T, api *apiClient, ap app, devs []*device, worker
 				s.mu.Lock()
 				if err != nil {
 					s.failed++
+					var se *sendError
+					if errors.As(err, &se) {
+						s.codes[se.Code]++
+					} else {
+						s.codes[0]++
+					}
 				} else {
 					s.want[d.id][id] = true
 					s.accepted++
@@ -55,7 +71,7 @@ func startStreaming(t *testing.T, api *apiClient, ap app, devs []*device, worker
 func (s *streamer) finish(t *testing.T) map[string]map[string]bool {
 	close(s.stop)
 	s.done.Wait()
-	t.Logf("streamed: %d accepted, %d refused", s.accepted, s.failed)
+	t.Logf("streamed: %d accepted, %d refused %v", s.accepted, s.failed, s.codes)
 	return s.want
 }
 
@@ -68,6 +84,15 @@ func TestClusterGatewayKill(t *testing.T) {
 	ap := api.createApp(t, "gw-kill")
 	cl.waitEndpoints(api, ap, 2)
 	devs := connectAll(t, api, ap, "http://"+cl.api.api, 400, cl.gatewayAddrs(), "gk")
+	// Stranded devices: raw sessions on the gateway about to die that will
+	// not reconnect, so only the router can remove their routes.
+	var stranded []*device
+	for i := 0; i < 5; i++ {
+		id := fmt.Sprintf("stranded-%d", i)
+		tok := api.registerDevice(t, ap, id)
+		connectRaw(t, cl.gateways[0].gw, &devicev1.Connect{ProtocolVersion: 1, AppKey: ap.Key, DeviceId: id, DeviceToken: tok, HeartbeatSeconds: 60})
+		stranded = append(stranded, &device{id: id})
+	}
 	onDead := gatewayConnections(t, cl.gateways[0].ops)
 	if onDead == 0 {
 		t.Fatal("no device on the gateway about to die")
@@ -80,6 +105,7 @@ func TestClusterGatewayKill(t *testing.T) {
 	want := s.finish(t)
 
 	// Every device is back, on the survivor.
+	stranded = append(stranded, devs...)
 	eventually(t, 60*time.Second, "all devices on the surviving gateway", func() (bool, string) {
 		n := gatewayConnections(t, cl.gateways[1].ops)
 		return n == len(devs), fmt.Sprintf("%d of %d", n, len(devs))
@@ -89,7 +115,7 @@ func TestClusterGatewayKill(t *testing.T) {
 	// The dead node is gone from the endpoint list.
 	cl.waitEndpoints(api, ap, 1)
 	// And from the routing table: no route points at it any more.
-	assertNoRoutesOn(t, cl, cl.gateways[0].name, devs)
+	assertNoRoutesOn(t, cl, cl.gateways[0].name, stranded, ap.ID)
 }
 
 // Acceptance (cluster) 4: SIGKILL one dispatcher under load: the survivor
@@ -108,4 +134,96 @@ func TestClusterDispatcherKill(t *testing.T) {
 	want := s.finish(t)
 	expectExactly(t, devs, want, 120*time.Second)
 	expectDelivered(t, api, ap, want)
+}
+
+// engine stops or starts one engine of `make deps-up`.
+func engine(t *testing.T, verb, name string) {
+	t.Helper()
+	cmd := exec.Command("../scripts/deps.sh", verb, name)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("deps.sh %s %s: %v\n%s", verb, name, err, out)
+	}
+}
+
+// Acceptance (cluster) 5: stop and restart the Kafka broker, then the
+// Cassandra node, under load. Sends during an outage fail with a retriable
+// error (503), never 202 for a message that is not durable; after recovery
+// every accepted message is delivered.
+func TestClusterEngineOutage(t *testing.T) {
+	cl := startCluster(t, clusterSpec{router: "redis", gateways: 1, dispatchers: 1})
+	api := newAPI("http://" + cl.api.api)
+	ap := api.createApp(t, "outage")
+	cl.waitEndpoints(api, ap, 1)
+	devs := connectAll(t, api, ap, "http://"+cl.api.api, 100, cl.gatewayAddrs(), "out")
+	all := make(map[string]map[string]bool) // every accepted message so far, per device
+	for _, d := range devs {
+		all[d.id] = make(map[string]bool)
+	}
+
+	for _, name := range []string{"kafka", "cassandra"} {
+		t.Run(name, func(t *testing.T) {
+			s := startStreaming(t, api, ap, devs, 4, 5*time.Millisecond)
+			time.Sleep(2 * time.Second)
+			engine(t, "stop", name)
+			t.Logf("%s stopped", name)
+			time.Sleep(5 * time.Second)
+			s.mu.Lock()
+			refused := s.failed
+			s.mu.Unlock()
+			engine(t, "start", name)
+			t.Logf("%s restarted", name)
+			// Sends are accepted again after recovery.
+			s.mu.Lock()
+			base := s.accepted
+			s.mu.Unlock()
+			eventually(t, 180*time.Second, "sends accepted again", func() (bool, string) {
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				return s.accepted >= base+20, fmt.Sprintf("%d accepted since the restart", s.accepted-base)
+			})
+			want := s.finish(t)
+			if refused == 0 {
+				t.Errorf("no send was refused while %s was down", name)
+			}
+			for code, n := range s.codes {
+				if code != 503 {
+					t.Errorf("%d sends got HTTP %d during the %s outage; want 503 (retriable)", n, code, name)
+				}
+			}
+			for dev, ids := range want {
+				for id := range ids {
+					all[dev][id] = true
+				}
+			}
+			want = all
+			expectExactly(t, devs, want, 180*time.Second)
+			expectDelivered(t, api, ap, want)
+		})
+	}
+}
+
+// assertNoRoutesOn checks that no device's route points at node.
+func assertNoRoutesOn(t *testing.T, cl *cluster, node string, devs []*device, appID string) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: enginetest.Redis(t)})
+	defer rdb.Close()
+	table := redisroute.New(rdb, redisroute.Options{}, nil)
+	keys := make([]string, len(devs))
+	for i, d := range devs {
+		keys[i] = route.Key(appID, d.id)
+	}
+	eventually(t, 30*time.Second, "no route points at the dead gateway", func() (bool, string) {
+		routes, err := table.Lookup(t.Context(), keys)
+		if err != nil {
+			return false, err.Error()
+		}
+		n := 0
+		for _, r := range routes {
+			if r.Node == node {
+				n++
+			}
+		}
+		return n == 0, fmt.Sprintf("%d routes still point at %s", n, node)
+	})
 }

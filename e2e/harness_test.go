@@ -223,10 +223,18 @@ func (a *apiClient) sendE(ap app, req sendReq) (string, error) {
 		return "", err
 	}
 	if code != http.StatusAccepted || out.MessageID == "" {
-		return "", fmt.Errorf("send: %d %s", code, raw)
+		return "", &sendError{Code: code, Body: string(raw)}
 	}
 	return out.MessageID, nil
 }
+
+// sendError is a send the API answered with something other than 202.
+type sendError struct {
+	Code int
+	Body string
+}
+
+func (e *sendError) Error() string { return fmt.Sprintf("send: %d %s", e.Code, e.Body) }
 
 type counts struct {
 	Targeted  int64 `json:"targeted"`

@@ -1,0 +1,154 @@
+package cassandrastore
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/heraldpush/herald"
+	schema "github.com/heraldpush/herald/deploy/cassandra"
+)
+
+// Tests that need no Cassandra; the engine tests are in
+// integration_test.go (build tag integration).
+
+func TestSplitStatements(t *testing.T) {
+	tests := []struct {
+		name string
+		src  string
+		want []string
+	}{
+		{"two", "CREATE TABLE a (x int PRIMARY KEY);\nCREATE TABLE b (y int PRIMARY KEY);\n",
+			[]string{"CREATE TABLE a (x int PRIMARY KEY)", "CREATE TABLE b (y int PRIMARY KEY)"}},
+		{"no final semicolon", "SELECT 1", []string{"SELECT 1"}},
+		{"comments", "-- a; comment\nA; // b; c\n/* d; e */B;", []string{"A", "B"}},
+		{"block comment joins words", "A/*x*/B;", []string{"A B"}},
+		{"quoted semicolons", `INSERT INTO t (s) VALUES ('a;b''c;'); UPDATE "we;ird" SET x = $$f;g$$;`,
+			[]string{`INSERT INTO t (s) VALUES ('a;b''c;')`, `UPDATE "we;ird" SET x = $$f;g$$`}},
+		{"blank", " ;\n; -- nothing\n", nil},
+		{"comment at end without newline", "A; -- end", []string{"A"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := splitStatements(tt.src)
+			if err != nil {
+				t.Fatalf("splitStatements: %v", err)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("splitStatements = %q, want %q", got, tt.want)
+			}
+		})
+	}
+	for _, bad := range []string{"A 'open", `A "open`, "A /* open", "A $$ open"} {
+		if _, err := splitStatements(bad); err == nil {
+			t.Errorf("splitStatements(%q) = nil error, want one", bad)
+		}
+	}
+}
+
+func TestMigrationsParse(t *testing.T) {
+	ms, err := migrations(schema.FS)
+	if err != nil {
+		t.Fatalf("migrations: %v", err)
+	}
+	if len(ms) == 0 || ms[0].version != 1 {
+		t.Fatalf("migrations = %+v, want 001 first", ms)
+	}
+	for _, m := range ms {
+		if len(m.stmts) == 0 {
+			t.Errorf("migration %d_%s has no statements", m.version, m.name)
+		}
+	}
+	bad := []struct {
+		name string
+		fs   fstest.MapFS
+	}{
+		{"bad name", fstest.MapFS{"init.cql": {Data: []byte("A;")}}},
+		{"duplicate version", fstest.MapFS{"001_a.cql": {Data: []byte("A;")}, "1_b.cql": {Data: []byte("B;")}}},
+		{"bad cql", fstest.MapFS{"001_a.cql": {Data: []byte("A 'x")}}},
+	}
+	for _, tt := range bad {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := migrations(tt.fs); err == nil {
+				t.Errorf("migrations accepted %v", tt.fs)
+			}
+		})
+	}
+	ms, err = migrations(fstest.MapFS{"010_b.cql": {Data: []byte("B;")}, "002_a.cql": {Data: []byte("A;")}})
+	if err != nil || len(ms) != 2 || ms[0].version != 2 || ms[1].version != 10 {
+		t.Errorf("migrations not in version order: %+v, %v", ms, err)
+	}
+}
+
+func TestTTLSeconds(t *testing.T) {
+	now := time.Unix(1000, 0)
+	tests := []struct {
+		name    string
+		expires time.Time
+		want    int
+	}{
+		{"no expiry", time.Time{}, 0},
+		{"past", now.Add(-time.Hour), 1},
+		{"now", now, 1},
+		{"rounds up", now.Add(1500 * time.Millisecond), 2},
+		{"whole", now.Add(time.Hour), 3600},
+		{"capped", now.Add(100 * 365 * 24 * time.Hour), maxTTL},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := ttlSeconds(tt.expires, now); got != tt.want {
+				t.Errorf("ttlSeconds = %d, want %d", got, tt.want)
+			}
+		})
+	}
+	if got := ttlFor(time.Millisecond); got != 1 {
+		t.Errorf("ttlFor(1ms) = %d, want 1", got)
+	}
+	if got := ttlFor(0); got != 0 {
+		t.Errorf("ttlFor(0) = %d, want 0 (no expiry)", got)
+	}
+}
+
+func TestMarkTimestamp(t *testing.T) {
+	now := time.Now()
+	a, b := markTimestamp(now), markTimestamp(now.Add(time.Microsecond))
+	if a <= b {
+		t.Errorf("markTimestamp does not decrease with time: %d then %d", a, b)
+	}
+	if a <= pendingTimestamp || a >= now.UnixMicro() {
+		t.Errorf("markTimestamp(now) = %d, want between pending (%d) and the wall clock (%d)", a, pendingTimestamp, now.UnixMicro())
+	}
+	if got := markTimestamp(time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)); got <= pendingTimestamp {
+		t.Errorf("markTimestamp far in the future = %d, want above pending", got)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		want error
+	}{
+		{"no hosts", Config{Keyspace: "herald"}, herald.ErrInvalidArgument},
+		{"bad keyspace", Config{Hosts: []string{"127.0.0.1"}, Keyspace: "Herald; DROP"}, herald.ErrInvalidArgument},
+		{"bad consistency", Config{Hosts: []string{"127.0.0.1"}, Keyspace: "herald", Consistency: "most"}, herald.ErrInvalidArgument},
+		{"unreachable", Config{Hosts: []string{"127.0.0.1:1"}, Keyspace: "herald", Timeout: time.Second}, herald.ErrUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := Open(t.Context(), tt.cfg, nil)
+			if err == nil {
+				s.Close()
+			}
+			if !errors.Is(err, tt.want) {
+				t.Errorf("Open = %v, want %v", err, tt.want)
+			}
+		})
+	}
+	err := Migrate(t.Context(), MigrateConfig{Hosts: []string{"127.0.0.1"}, Keyspace: "x-y"})
+	if !errors.Is(err, herald.ErrInvalidArgument) {
+		t.Errorf("Migrate(bad keyspace) = %v, want ErrInvalidArgument", err)
+	}
+}
