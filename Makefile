@@ -25,7 +25,7 @@ GENERATED    := '*.pb.go'
 HAS_PKGS      = [ -n "$$($(GO) list -e ./... 2>/dev/null)" ]
 
 .PHONY: help build run test test-short fuzz bench lint proto proto-check tidy clean \
-	deps-up deps-down cluster-up cluster-down
+	deps-up deps-down deps-status deps-clean cluster-up cluster-down
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
@@ -41,10 +41,11 @@ build: ## Build bin/herald and bin/heraldctl
 run: build ## Build, then run every role in one process on the embedded engines (data in DATA_DIR)
 	$(BIN)/herald -data-dir $(DATA_DIR)
 
-test: ## Run every test of every module, then the quickstart script
+test: deps-up ## Start the engines, run every module's tests (root module with -tags integration), then the quickstart script
 	@for m in $(MODULES); do \
-		echo "== go test $$m"; \
-		(cd $$m && if $(HAS_PKGS); then $(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) ./...; fi); \
+		tags=$$(if [ "$$m" = . ]; then echo "-tags integration"; fi); \
+		echo "== go test $$tags $$m"; \
+		(cd $$m && if $(HAS_PKGS); then $(GO) test $$tags -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) ./...; fi); \
 	done
 	@if [ -x scripts/test-quickstart.sh ]; then \
 		echo "== scripts/test-quickstart.sh"; scripts/test-quickstart.sh; \
@@ -110,11 +111,17 @@ tidy: ## go mod tidy in every module
 clean: ## Remove build outputs (keeps ./data and the pinned generators in bin/tools)
 	rm -f $(BIN)/herald $(BIN)/heraldctl
 
-deps-up: ## (not yet) Start Kafka, Cassandra, Redis and etcd for integration tests
-	@echo "deps-up: arrives with the cluster issue; the embedded engines need nothing (make run)"; exit 1
+deps-up: ## Install (once) and start Kafka, Cassandra, Redis and etcd on loopback, wait until ready (data in .deps/)
+	scripts/deps.sh up
 
-deps-down: ## (not yet) Stop what deps-up started
-	@echo "deps-down: arrives with the cluster issue"; exit 1
+deps-down: ## Stop what deps-up started (keeps data)
+	scripts/deps.sh down
+
+deps-status: ## Show which engines are up
+	scripts/deps.sh status
+
+deps-clean: ## Stop the engines and remove their data (keeps the downloaded jars)
+	scripts/deps.sh clean
 
 cluster-up: ## Start 1 api, 1 router, 2 dispatchers, 2 gateways on the real engines (scripts/cluster.sh; ROUTER=etcd for etcd routes)
 	scripts/cluster.sh up

@@ -7,7 +7,7 @@
 #   redis      Debian's redis-server                    127.0.0.1:6379
 #   etcd       Debian's etcd                            127.0.0.1:2379 (peer 2380)
 #
-# Usage: scripts/deps.sh up|down [--wipe]|status|clean
+# Usage: scripts/deps.sh up|down [--wipe]|status|clean [ENGINE...]
 #
 #   up      install what is missing (apt: etcd-server, redis-server, kcat,
 #           etcd-client; Maven Central via mvn: the Kafka and Cassandra jars,
@@ -17,6 +17,10 @@
 #           keeps data. --wipe also removes the data.
 #   status  one line per engine; exits 1 when any is down.
 #   clean   down --wipe.
+#   start, stop: the same as up, down (for one engine in outage tests:
+#           `deps.sh stop kafka`, then `deps.sh start kafka`, which returns
+#           once Kafka answers again).
+# ENGINE is kafka, cassandra, redis or etcd; none means all four.
 #
 # Layout under .deps/ (HERALD_DEPS_DIR overrides): cache/ (jars), conf/
 # (generated configs), data/<engine>/, logs/<engine>.log, run/<engine>.pid.
@@ -224,14 +228,25 @@ log_tail() { # log_tail ENGINE: the end of the engine's logs, for a failure repo
 
 # ---------------------------------------------------------------- commands
 
+# pick NAME...: sets want to the named engines (all when none), checked.
+pick() {
+	local e
+	want=("$@")
+	[ $# -gt 0 ] || want=("${ENGINES[@]}")
+	for e in "${want[@]}"; do
+		[ -n "${ADDR[$e]:-}" ] || die "unknown engine $e (want one of: ${ENGINES[*]})"
+	done
+}
+
 cmd_up() {
-	local start=$SECONDS
+	local start=$SECONDS want
+	pick "$@"
 	mkdir -p "$CACHE" "$CONF" "$DATA" "$LOGS" "$RUN"
 	exec 9>"$RUN/lock"
 	flock 9 # one `up`/`down` at a time (parallel make targets, two shells)
 
 	local todo=() e
-	for e in "${ENGINES[@]}"; do
+	for e in "${want[@]}"; do
 		if [ -n "$(our_pid "$e")" ]; then
 			todo+=("$e") # running: may still be starting, wait below
 		elif ready "$e"; then
@@ -242,7 +257,7 @@ cmd_up() {
 			todo+=("$e")
 		fi
 	done
-	[ "${#todo[@]}" -gt 0 ] || { log "all engines up"; return; }
+	[ "${#todo[@]}" -gt 0 ] || { log "up: ${want[*]}"; return; }
 
 	install_packages
 	local java
@@ -297,21 +312,21 @@ cmd_up() {
 			sleep 1
 		fi
 	done
-	log "all engines up in $((SECONDS - start))s (started: ${started[*]:-none}; logs in $LOGS)"
+	log "up: ${want[*]} ($((SECONDS - start))s; started ${started[*]:-none}; logs in $LOGS)"
 }
 
 cmd_down() {
-	local wipe=0 e pid
-	case ${1:-} in
-	--wipe) wipe=1 ;;
-	"") ;;
-	*) die "usage: deps.sh down [--wipe]" ;;
-	esac
+	local wipe=0 e pid want
+	if [ "${1:-}" = --wipe ]; then
+		wipe=1
+		shift
+	fi
+	pick "$@"
 	mkdir -p "$RUN"
 	exec 9>"$RUN/lock"
 	flock 9
 	local -A pids
-	for e in "${ENGINES[@]}"; do
+	for e in "${want[@]}"; do
 		pid=$(our_pid "$e")
 		[ -n "$pid" ] || continue
 		log "$e: stopping (pid $pid)"
@@ -332,10 +347,13 @@ cmd_down() {
 		rm -f "$(pidfile "$e")"
 		log "$e: stopped"
 	done
-	[ "${#pids[@]}" -gt 0 ] || log "nothing of ours was running"
+	[ "${#pids[@]}" -gt 0 ] || log "${want[*]}: nothing of ours was running"
 	if [ "$wipe" -eq 1 ]; then
-		log "removing data ($DATA, $CONF)"
-		rm -rf "$DATA" "$CONF"
+		for e in "${want[@]}"; do
+			log "$e: removing data"
+			rm -rf "${DATA:?}/$e" "${CONF:?}/$e"
+			[ "$e" != kafka ] || rm -f "$DATA/kafka-cluster-id"
+		done
 	fi
 }
 
@@ -361,11 +379,13 @@ cmd_status() {
 	return "$rc"
 }
 
-case ${1:-} in
-up) cmd_up ;;
-down) shift; cmd_down "$@" ;;
+cmd=${1:-}
+[ $# -eq 0 ] || shift
+case $cmd in
+up | start) cmd_up "$@" ;;
+down | stop) cmd_down "$@" ;;
 status) cmd_status ;;
-clean) cmd_down --wipe ;;
+clean) cmd_down --wipe "$@" ;;
 *)
 	sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
 	exit 2

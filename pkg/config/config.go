@@ -225,7 +225,7 @@ func Default() Config {
 		Etcd: Etcd{Embedded: true, ClientAddr: "127.0.0.1:2389", PeerAddr: "127.0.0.1:2390"},
 		Store: Store{Backend: BackendPebble, Cassandra: Cassandra{
 			Hosts: []string{"127.0.0.1:9042"}, Keyspace: "herald", Consistency: "local_quorum",
-			ReplicationFactor: 1, Timeout: 5 * time.Second,
+			ReplicationFactor: 1, Timeout: 12 * time.Second,
 		}},
 		Queue: Queue{Backend: BackendPebble, Kafka: Kafka{
 			Brokers: []string{"127.0.0.1:9092"}, TopicPrefix: "herald.", Partitions: 16, ReplicationFactor: 1,

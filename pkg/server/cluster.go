@@ -20,25 +20,35 @@ import (
 	"github.com/heraldpush/herald/pkg/pushlog"
 	"github.com/heraldpush/herald/pkg/pushlog/kafkalog"
 	"github.com/heraldpush/herald/pkg/route/redisroute"
+	"github.com/heraldpush/herald/pkg/store/cassandrastore"
 
 	"github.com/heraldpush/herald/pkg/config"
 	"github.com/heraldpush/herald/pkg/route"
 	"github.com/heraldpush/herald/pkg/store"
 )
 
-// The cluster engines and the single-role wiring land with the cluster
-// issue; until then they are refused with a clear message.
-
-func notYet(what string) error {
-	return fmt.Errorf("server: %s is not available in this build yet (cluster milestone); use the embedded engines with -target=all", what)
+// openCassandra opens the Cassandra store; the schema comes from `herald migrate`.
+func openCassandra(ctx context.Context, cfg config.Config, logger *slog.Logger) (store.Store, error) {
+	c := cfg.Store.Cassandra
+	st, err := cassandrastore.Open(ctx, cassandrastore.Config{
+		Hosts: c.Hosts, Keyspace: c.Keyspace, Consistency: c.Consistency, Timeout: c.Timeout,
+	}, logger.With("component", "store"))
+	if err != nil {
+		return nil, fmt.Errorf("server: open cassandra store (did `herald migrate` run?): %w", err)
+	}
+	return st, nil
 }
 
-func openCassandra(context.Context, config.Config, *slog.Logger) (store.Store, error) {
-	return nil, notYet("store.backend cassandra")
-}
-
-func migrateCassandra(context.Context, config.Config, *slog.Logger) error {
-	return notYet("store.backend cassandra")
+// migrateCassandra applies the versioned CQL files of deploy/cassandra.
+func migrateCassandra(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
+	c := cfg.Store.Cassandra
+	if err := cassandrastore.Migrate(ctx, cassandrastore.MigrateConfig{
+		Hosts: c.Hosts, Keyspace: c.Keyspace, ReplicationFactor: c.ReplicationFactor,
+	}); err != nil {
+		return fmt.Errorf("server: migrate cassandra: %w", err)
+	}
+	logger.Info("cassandra schema ready", "keyspace", c.Keyspace)
+	return nil
 }
 
 func openKafka(_ context.Context, cfg config.Config, logger *slog.Logger) (*kafkalog.Log, error) {

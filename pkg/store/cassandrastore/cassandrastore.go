@@ -113,6 +113,10 @@ func newCluster(hosts []string, timeout time.Duration, logger *slog.Logger) *goc
 	cluster := gocql.NewCluster(hosts...)
 	cluster.Timeout = timeout
 	cluster.ConnectTimeout = timeout
+	// Protocol v4: with v5 the driver sends the session keyspace in every
+	// PREPARE, which Cassandra 5 logs as dangerous. Herald needs nothing
+	// from v5.
+	cluster.ProtoVersion = 4
 	cluster.PoolConfig.HostSelectionPolicy = gocql.TokenAwareHostPolicy(gocql.RoundRobinHostPolicy())
 	cluster.Logger = slogLogger{logger}
 	// Coordinator-assigned write timestamps, the clock lightweight

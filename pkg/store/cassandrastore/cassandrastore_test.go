@@ -1,11 +1,14 @@
 package cassandrastore
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"testing"
 	"testing/fstest"
 	"time"
+
+	gocql "github.com/apache/cassandra-gocql-driver/v2"
 
 	"github.com/heraldpush/herald"
 	schema "github.com/heraldpush/herald/deploy/cassandra"
@@ -150,5 +153,58 @@ func TestOpenErrors(t *testing.T) {
 	err := Migrate(t.Context(), MigrateConfig{Hosts: []string{"127.0.0.1"}, Keyspace: "x-y"})
 	if !errors.Is(err, herald.ErrInvalidArgument) {
 		t.Errorf("Migrate(bad keyspace) = %v, want ErrInvalidArgument", err)
+	}
+}
+
+func TestFail(t *testing.T) {
+	tests := []struct {
+		name      string
+		err       error
+		want      error
+		unwrapped bool // err itself must stay reachable with errors.Is/As
+	}{
+		{"write timeout", &gocql.RequestErrWriteTimeout{WriteType: "CAS"}, herald.ErrUnavailable, false},
+		{"unavailable", &gocql.RequestErrUnavailable{}, herald.ErrUnavailable, false},
+		{"no connections", gocql.ErrNoConnections, herald.ErrUnavailable, true},
+		{"client timeout", gocql.ErrTimeoutNoResponse, herald.ErrUnavailable, true},
+		{"session closed", gocql.ErrSessionClosed, herald.ErrClosed, false},
+		{"deadline", context.DeadlineExceeded, context.DeadlineExceeded, true},
+		{"syntax", &gocql.RequestErrSyntax{}, nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := fail("op", tt.err)
+			if tt.want != nil && !errors.Is(got, tt.want) {
+				t.Errorf("fail(%v) = %v, want %v", tt.err, got, tt.want)
+			}
+			if tt.want == nil && (errors.Is(got, herald.ErrUnavailable) || errors.Is(got, herald.ErrClosed)) {
+				t.Errorf("fail(%v) = %v, want neither unavailable nor closed", tt.err, got)
+			}
+			if tt.unwrapped && !errors.Is(got, tt.err) {
+				t.Errorf("fail(%v) = %v, lost the cause", tt.err, got)
+			}
+		})
+	}
+	if errors.Is(fail("op", context.DeadlineExceeded), herald.ErrUnavailable) {
+		t.Errorf("a caller's deadline was reported as the cluster being unavailable")
+	}
+}
+
+func TestRetryStopsOnPermanentErrors(t *testing.T) {
+	calls := 0
+	err := retry(t.Context(), func() error { calls++; return &gocql.RequestErrSyntax{} })
+	if err == nil || calls != 1 {
+		t.Errorf("retry of a syntax error: %d calls, %v; want 1 call", calls, err)
+	}
+	calls = 0
+	err = retry(t.Context(), func() error {
+		calls++
+		if calls < 3 {
+			return gocql.ErrNoConnections
+		}
+		return nil
+	})
+	if err != nil || calls != 3 {
+		t.Errorf("retry of a transient error: %d calls, %v; want success on the 3rd", calls, err)
 	}
 }

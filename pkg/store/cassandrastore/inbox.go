@@ -210,7 +210,7 @@ func (s *Store) List(ctx context.Context, appID, deviceID, after string, limit i
 				continue
 			}
 			out = append(out, store.InboxEntry{MessageID: id, CollapseID: collapse, ExpiresAt: expires, Body: body})
-			body = nil // Scan reuses nothing, but be explicit: each entry owns its body
+			body = nil // Scan appends into the slice it is given: each entry needs its own
 			if limit > 0 && len(out) >= limit {
 				break
 			}
