@@ -175,7 +175,10 @@ fi
 # ---------------------------------------------------------------- Cassandra
 
 heading "Cassandra $cassandra: $keyspace.inbox with TTL (first $n rows; DataStax Java driver from Cassandra's jars)"
-libs=$(ls -d "$deps_dir"/cache/cassandra-*/libs 2>/dev/null | head -n 1)
+libs=""
+for d in "$deps_dir"/cache/cassandra-*/libs; do
+	if [ -f "$d/.complete" ]; then libs=$d; fi
+done
 if [ -z "$libs" ]; then
 	fail "cassandra" "no Cassandra jars under $deps_dir/cache (run scripts/deps.sh up)"
 elif ! (exec 3<>"/dev/tcp/${cassandra%:*}/${cassandra##*:}") 2>/dev/null; then

@@ -81,7 +81,7 @@ java17() {
 	for j in ${JAVA_HOME:+"$JAVA_HOME/bin/java"} /usr/lib/jvm/java-17-openjdk-amd64/bin/java \
 		/usr/lib/jvm/java-17-openjdk-arm64/bin/java /usr/lib/jvm/java-17-openjdk/bin/java \
 		"$(command -v java 2>/dev/null || true)"; do
-		[ -n "$j" ] && [ -x "$j" ] || continue
+		if [ -z "$j" ] || [ ! -x "$j" ]; then continue; fi
 		if "$j" -version 2>&1 | head -1 | grep -q '"17\.'; then
 			echo "$j"
 			return
@@ -144,7 +144,10 @@ ready() {
 	case $1 in
 	redis) [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ] ;;
 	etcd) curl -fsS --max-time 2 http://127.0.0.1:2379/health 2>/dev/null | grep -q '"health":"true"' ;;
-	kafka) kcat -L -b "${ADDR[kafka]}" -m 3 2>/dev/null | grep -q ' 1 brokers:' ;;
+	kafka) # a broker is registered and every partition has a leader
+		local md
+		md=$(kcat -L -b "${ADDR[kafka]}" -m 3 2>/dev/null) &&
+			grep -q ' 1 brokers:' <<<"$md" && ! grep -q 'leader -1' <<<"$md" ;;
 	cassandra) python3 "$ROOT/scripts/deps/cql.py" --host "${ADDR[cassandra]}" --timeout 3 --ready >/dev/null 2>&1 ;;
 	esac
 }
@@ -154,8 +157,14 @@ port_open() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
 # launch ENGINE CMD...: start detached from our session (so `make`
 # returning or Ctrl-C does not stop it), output to logs/ENGINE.out.
 launch() {
-	local name=$1
+	local name=$1 f
 	shift
+	# Logs append across restarts; keep one previous generation past 64 MiB.
+	for f in "$LOGS/$name.log" "$LOGS/$name.out"; do
+		if [ -f "$f" ] && [ "$(stat -c %s "$f")" -gt $((64 << 20)) ]; then
+			mv -f "$f" "$f.1"
+		fi
+	done
 	# 9>&-: the engine must not inherit (and so hold) the deps lock.
 	setsid nohup "$@" >"$LOGS/$name.out" 2>&1 </dev/null 9>&- &
 	echo $! >"$(pidfile "$name")"
@@ -245,10 +254,13 @@ cmd_up() {
 	exec 9>"$RUN/lock"
 	flock 9 # one `up`/`down` at a time (parallel make targets, two shells)
 
-	local todo=() e
+	local todo=() e pid
 	for e in "${want[@]}"; do
-		if [ -n "$(our_pid "$e")" ]; then
-			todo+=("$e") # running: may still be starting, wait below
+		pid=$(our_pid "$e")
+		if [ -n "$pid" ] && ready "$e"; then
+			log "$e: up on ${ADDR[$e]} (pid $pid)"
+		elif [ -n "$pid" ]; then
+			todo+=("$e") # still starting: wait below
 		elif ready "$e"; then
 			log "$e: already answering on ${ADDR[$e]} (not started by this script); using it"
 		elif port_open "${ADDR[$e]}"; then
@@ -257,7 +269,7 @@ cmd_up() {
 			todo+=("$e")
 		fi
 	done
-	[ "${#todo[@]}" -gt 0 ] || { log "up: ${want[*]}"; return; }
+	[ "${#todo[@]}" -gt 0 ] || return 0
 
 	install_packages
 	local java
@@ -268,8 +280,8 @@ cmd_up() {
 	for e in "${todo[@]}"; do
 		[ -z "$(our_pid "$e")" ] || continue
 		case $e in
-		kafka) kafka_libs=$(fetch_jars kafka kafka.version "$KAFKA_VERSION" "$ROOT/deploy/kafka/pom.xml") ;;
-		cassandra) cassandra_libs=$(fetch_jars cassandra cassandra.version "$CASSANDRA_VERSION" "$ROOT/deploy/cassandra-conf/pom.xml") ;;
+		kafka) kafka_libs=$(fetch_jars kafka kafka.version "$KAFKA_VERSION" "$ROOT/deploy/kafka/pom.xml") || exit 1 ;;
+		cassandra) cassandra_libs=$(fetch_jars cassandra cassandra.version "$CASSANDRA_VERSION" "$ROOT/deploy/cassandra-conf/pom.xml") || exit 1 ;;
 		esac
 	done
 	for e in "${todo[@]}"; do
@@ -285,7 +297,7 @@ cmd_up() {
 	done
 
 	# Wait for all of them together; report progress every 15 s.
-	local -A since
+	local -A since=()
 	local pending=("${todo[@]}") next=() t0=$SECONDS reported=$SECONDS
 	for e in "${todo[@]}"; do since[$e]=$SECONDS; done
 	while [ "${#pending[@]}" -gt 0 ]; do
@@ -325,7 +337,7 @@ cmd_down() {
 	mkdir -p "$RUN"
 	exec 9>"$RUN/lock"
 	flock 9
-	local -A pids
+	local -A pids=()
 	for e in "${want[@]}"; do
 		pid=$(our_pid "$e")
 		[ -n "$pid" ] || continue
