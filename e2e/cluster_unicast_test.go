@@ -47,6 +47,7 @@ func connectAll(t *testing.T, api *apiClient, ap app, base string, n int, gws []
 	if t.Failed() {
 		t.FailNow()
 	}
+	t.Logf("%d devices registered and connected", n)
 	t.Cleanup(func() {
 		for _, d := range devs {
 			d.disconnect(t)
@@ -123,6 +124,8 @@ func expectExactly(t *testing.T, devs []*device, want map[string]map[string]bool
 	for _, ids := range want {
 		total += len(ids)
 	}
+	start := time.Now()
+	defer func() { t.Logf("deliveries complete %s after the last send", time.Since(start)) }()
 	eventually(t, within, "every device has its messages", func() (bool, string) {
 		missing := 0
 		for _, d := range devs {
@@ -150,20 +153,53 @@ func expectExactly(t *testing.T, devs []*device, want map[string]map[string]bool
 	}
 }
 
-// expectDelivered checks every message's status counts settle to one delivery.
+// expectDelivered checks every message's status counts settle to one
+// delivery, reading them from 16 workers.
 func expectDelivered(t *testing.T, api *apiClient, ap app, want map[string]map[string]bool) {
 	t.Helper()
-	eventually(t, 60*time.Second, "status counts equal the truth", func() (bool, string) {
-		for _, ids := range want {
-			for id := range ids {
-				st := api.status(t, ap, id)
-				if st.Counts != (counts{Targeted: 1, Delivered: 1}) {
-					return false, fmt.Sprintf("%s: %+v", id, st.Counts)
+	start := time.Now()
+	var ids []string
+	for _, m := range want {
+		for id := range m {
+			ids = append(ids, id)
+		}
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	jobs := make(chan string)
+	var mu sync.Mutex
+	var bad []string
+	var wg sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range jobs {
+				for {
+					var st messageStatus
+					code, raw, err := api.doE("GET", "/v1/messages/"+id, ap.auth, nil, &st)
+					if err == nil && code == 200 && st.Counts == (counts{Targeted: 1, Delivered: 1}) {
+						break
+					}
+					if time.Now().After(deadline) {
+						mu.Lock()
+						bad = append(bad, fmt.Sprintf("%s: %d %s %+v %v", id, code, raw, st.Counts, err))
+						mu.Unlock()
+						break
+					}
+					time.Sleep(50 * time.Millisecond)
 				}
 			}
-		}
-		return true, ""
-	})
+		}()
+	}
+	for _, id := range ids {
+		jobs <- id
+	}
+	close(jobs)
+	wg.Wait()
+	if len(bad) > 0 {
+		t.Fatalf("%d of %d messages do not count one delivery, e.g. %s", len(bad), len(ids), bad[0])
+	}
+	t.Logf("status of %d messages checked in %s", len(ids), time.Since(start))
 }
 
 // Acceptance (cluster) 2 and 6: devices spread over 2 gateway processes,

@@ -45,6 +45,7 @@ type service struct {
 	now       func() time.Time
 	limits    sendLimits
 	admin     []byte // SHA-256 of the admin token; nil when admin calls are off
+	apps      appCache
 	logger    *slog.Logger
 	// accepted is called once per message appended to the push log.
 	accepted func(ctx context.Context)
@@ -95,7 +96,7 @@ func (s *service) authenticateApp(ctx context.Context, key, secret string) (stor
 	if key == "" || secret == "" {
 		return store.App{}, fmt.Errorf("%w: app key and secret required", herald.ErrUnauthenticated)
 	}
-	app, err := s.store.AppByKey(ctx, key)
+	app, err := s.apps.get(ctx, s.store, key, s.now())
 	if errors.Is(err, herald.ErrAppNotFound) {
 		return store.App{}, fmt.Errorf("%w: wrong app key or secret", herald.ErrUnauthenticated)
 	}
