@@ -43,9 +43,15 @@ run: build ## Build, then run every role in one process on the embedded engines 
 
 test: deps-up ## Start the engines, run every module's tests (root module with -tags integration), then the quickstart script
 	@for m in $(MODULES); do \
-		tags=$$(if [ "$$m" = . ]; then echo "-tags integration"; fi); \
-		echo "== go test $$tags $$m"; \
-		(cd $$m && if $(HAS_PKGS); then $(GO) test $$tags -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) ./...; fi); \
+		if [ "$$m" = . ]; then \
+			echo "== go test -tags integration . (all but e2e)"; \
+			$(GO) test -tags integration -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) $$($(GO) list ./... | grep -v '/e2e$$'); \
+			echo "== go test -tags integration ./e2e (alone: its outage tests stop and restart the engines)"; \
+			$(GO) test -tags integration -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) ./e2e; \
+		else \
+			echo "== go test $$m"; \
+			(cd $$m && if $(HAS_PKGS); then $(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) ./...; fi); \
+		fi; \
 	done
 	@if [ -x scripts/test-quickstart.sh ]; then \
 		echo "== scripts/test-quickstart.sh"; scripts/test-quickstart.sh; \
