@@ -17,6 +17,12 @@ GOTESTFLAGS  ?=
 FUZZTIME     ?= 30s
 # Benchmark duration: one iteration in CI (the numbers are for the log, not a gate).
 BENCHTIME    ?= $(if $(CI),1x,1s)
+# heraldbench in `make bench`: 0 skips it; the preset is ci (about 20 s) when CI
+# is set, else quick (a few minutes). `make bench-full` runs the full preset.
+HERALDBENCH  ?= 1
+BENCH_PRESET ?= $(if $(CI),ci,quick)
+# heraldbench writes <BENCH_OUT>-<preset>.json and .md (bin/ is not committed).
+BENCH_OUT    ?= $(BIN)/heraldbench
 # Where `make run` keeps its data (push log, store, etcd, admin token).
 DATA_DIR     ?= ./data
 # Generated protobuf Go checked into git (see scripts/genproto.sh).
@@ -24,7 +30,7 @@ GENERATED    := '*.pb.go'
 # Shell test, run in a module directory: does the module hold any package yet?
 HAS_PKGS      = [ -n "$$($(GO) list -e ./... 2>/dev/null)" ]
 
-.PHONY: help build run test test-short fuzz bench lint proto proto-check tidy clean \
+.PHONY: help build run test test-short fuzz bench bench-full heraldbench lint proto proto-check tidy clean \
 	deps-up deps-down deps-status deps-clean cluster-up cluster-down
 
 help: ## List the targets
@@ -80,11 +86,20 @@ fuzz: ## Run each fuzz target of every module for FUZZTIME (found with go test -
 	done; \
 	echo "fuzz: $$n targets, $(FUZZTIME) each"
 
-bench: ## Run the Go benchmarks of every module (BENCHTIME, 1x when CI is set)
+bench: ## Run the Go benchmarks of every module (BENCHTIME, 1x when CI is set), then heraldbench -preset BENCH_PRESET (HERALDBENCH=0 skips it)
 	@for m in $(MODULES); do \
 		echo "== go test -bench $$m"; \
 		(cd $$m && if $(HAS_PKGS); then $(GO) test -run '^$$' -bench . -benchtime=$(BENCHTIME) -benchmem -timeout $(TEST_TIMEOUT) ./...; fi); \
 	done
+	@if [ "$(HERALDBENCH)" != 0 ]; then $(MAKE) heraldbench; fi
+
+bench-full: ## Run heraldbench -preset full (19,000 connections; about 10 minutes; see docs/benchmarks.md)
+	@$(MAKE) heraldbench BENCH_PRESET=full
+
+heraldbench: build
+	$(GO) build -o $(BIN)/heraldbench ./cmd/heraldbench
+	@echo "== heraldbench -preset $(BENCH_PRESET)"
+	$(BIN)/heraldbench -preset $(BENCH_PRESET) -herald-bin $(BIN)/herald -out $(BENCH_OUT)-$(BENCH_PRESET)
 
 lint: ## Fail on unformatted files (gofmt -l) and go vet findings in every module
 	@files=$$(git ls-files --cached --others --exclude-standard -- '*.go' | \

@@ -12,6 +12,7 @@ require (
 )
 
 require (
+	github.com/lesismal/nbio v1.6.8 // indirect
 	github.com/pierrec/lz4/v4 v4.1.15 // indirect
 	go.uber.org/atomic v1.12.0 // indirect
 	gopkg.in/inf.v0 v0.9.1 // indirect

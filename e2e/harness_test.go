@@ -40,6 +40,9 @@ func testConfig(t testing.TB) config.Config {
 	cfg.Gateway.AckTimeout = 2 * time.Second
 	cfg.Gateway.DrainTimeout = time.Second
 	cfg.Dispatcher.CommitInterval = 50 * time.Millisecond
+	if io := os.Getenv("HERALD_TEST_GATEWAY_IO"); io != "" {
+		cfg.Gateway.IO = io
+	}
 	return cfg
 }
 

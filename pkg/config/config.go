@@ -28,6 +28,12 @@ const (
 	TargetAPI        = "api"
 )
 
+// Gateway I/O models (gateway.io).
+const (
+	GatewayIOGoroutine = "goroutine" // one reader goroutine per connection
+	GatewayIOEventLoop = "eventloop" // epoll event loops and a worker pool
+)
+
 // Backends.
 const (
 	BackendMemory    = "memory"    // router
@@ -106,6 +112,9 @@ type Gateway struct {
 	AckTimeout       time.Duration `yaml:"ack_timeout"`
 	Window           int           `yaml:"window"`        // unacked pushes per session
 	DrainTimeout     time.Duration `yaml:"drain_timeout"` // reconnects spread over this on shutdown
+	// IO is the connection I/O model: goroutine (a reader goroutine per
+	// connection) or eventloop (epoll event loops and a worker pool).
+	IO string `yaml:"io"`
 }
 
 // Dispatcher configures the push-log consumer.
@@ -211,6 +220,7 @@ func Default() Config {
 			AckTimeout:       10 * time.Second,
 			Window:           64,
 			DrainTimeout:     10 * time.Second,
+			IO:               GatewayIOGoroutine,
 		},
 		Dispatcher: Dispatcher{
 			BatchSize:      512,

@@ -92,6 +92,7 @@ func (c Config) Validate() error {
 	v.positiveDuration("gateway.ack_timeout", g.AckTimeout)
 	v.positive("gateway.window", g.Window)
 	v.positiveDuration("gateway.drain_timeout", g.DrainTimeout)
+	v.oneOf("gateway.io", g.IO, GatewayIOGoroutine, GatewayIOEventLoop)
 
 	v.positive("dispatcher.batch_size", c.Dispatcher.BatchSize)
 	v.positiveDuration("dispatcher.commit_interval", c.Dispatcher.CommitInterval)

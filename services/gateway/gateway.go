@@ -5,9 +5,10 @@
 // and writes the pushes the dispatcher hands it, reporting each one acked,
 // timed out or not here.
 //
-// The I/O layer is one reader goroutine per connection behind the small
-// session type; the connection-scale issue replaces it with an event loop
-// without changing Deliver, Drain or the protocol.
+// The I/O layer sits behind the small session type: either one reader
+// goroutine per connection (IOGoroutine) or a few epoll event loops that
+// decode frames incrementally and hand blocking work to a bounded worker
+// pool (IOEventLoop); Deliver, Drain and the protocol are the same in both.
 package gateway
 
 import (
@@ -45,6 +46,7 @@ type Config struct {
 	Window           int           // unacked pushes per session
 	DrainTimeout     time.Duration // shutdown: reconnects are spread over this window
 	WriteTimeout     time.Duration // a write blocked this long marks a slow consumer
+	IO               string        // IOGoroutine (default) or IOEventLoop
 }
 
 func (c *Config) setDefaults() {
@@ -77,6 +79,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 10 * time.Second
+	}
+	if c.IO == "" {
+		c.IO = IOGoroutine
 	}
 }
 
@@ -111,6 +116,9 @@ type Gateway struct {
 // New returns a gateway; Run starts it.
 func New(cfg Config, deps Deps, logger *slog.Logger) (*Gateway, error) {
 	cfg.setDefaults()
+	if cfg.IO != IOGoroutine && cfg.IO != IOEventLoop {
+		return nil, fmt.Errorf("gateway: io %q is neither %q nor %q", cfg.IO, IOGoroutine, IOEventLoop)
+	}
 	if deps.Registry == nil || deps.Inbox == nil || deps.Status == nil || deps.Routes == nil || deps.Log == nil {
 		return nil, errors.New("gateway: registry, inbox, status, routes and log are required")
 	}
@@ -163,7 +171,17 @@ func (g *Gateway) Run(ctx context.Context) error {
 	close(g.ready)
 	g.log.Info("gateway listening", "addr", ln.Addr().String())
 
-	var wg sync.WaitGroup
+	var (
+		wg   sync.WaitGroup
+		loop *eventLoop
+	)
+	if g.cfg.IO == IOEventLoop {
+		loop, err = newEventLoop(ctx, g)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("gateway: start event loops: %w", err)
+		}
+	}
 	acceptDone := make(chan struct{})
 	go func() {
 		defer close(acceptDone)
@@ -181,6 +199,10 @@ func (g *Gateway) Run(ctx context.Context) error {
 				continue
 			}
 			delay = 0
+			if loop != nil {
+				loop.attach(c)
+				continue
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -193,6 +215,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	<-acceptDone
 	g.shutdown()
 	wg.Wait()
+	if loop != nil {
+		loop.stop()
+	}
 	return nil
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/heraldpush/herald/pkg/pushlog"
 	"github.com/heraldpush/herald/pkg/route"
 	"github.com/heraldpush/herald/pkg/store"
+	"github.com/heraldpush/herald/pkg/timewheel"
 )
 
 // storeTimeout bounds every store call a session makes. Session work uses a
@@ -45,10 +46,11 @@ type session struct {
 	lastSeen  atomic.Int64 // unix nanoseconds of the last frame read
 	lastTouch time.Time    // when the route's TTL was last refreshed (wheel goroutine only)
 
-	wmu sync.Mutex // serializes writes
+	wmu sync.Mutex // serializes writes (goroutine I/O)
+	ev  *evState   // event-loop I/O state; nil in the goroutine model
 
 	mu         sync.Mutex
-	inflight   map[string]inflightRef
+	inflight   map[string]inflightRef // allocated at the first push
 	draining   bool
 	drainAgain bool
 	closed     bool
@@ -59,8 +61,14 @@ type session struct {
 
 func (s *session) route() route.Route { return route.Route{Node: s.g.cfg.NodeID, ConnID: s.id} }
 
+func (g *Gateway) newSession(c net.Conn) *session {
+	return &session{g: g, conn: c, closedCh: make(chan struct{})}
+}
+
+// serve is the goroutine I/O model: this goroutine reads the connection
+// until it ends.
 func (g *Gateway) serve(ctx context.Context, c net.Conn) {
-	s := &session{g: g, conn: c, closedCh: make(chan struct{}), inflight: make(map[string]inflightRef)}
+	s := g.newSession(c)
 	if !g.track(s) {
 		s.closeWith(frame.CodeShutdown, "gateway shutting down", 0)
 		return
@@ -69,11 +77,7 @@ func (g *Gateway) serve(ctx context.Context, c net.Conn) {
 	defer g.m.connections.Add(context.WithoutCancel(ctx), -1)
 	defer s.cleanup()
 
-	hs := g.wheel.Schedule(time.Now().Add(g.cfg.HandshakeTimeout), func() {
-		if !s.authed.Load() {
-			go s.closeWith(frame.CodeHandshakeTimeout, "no CONNECT within the handshake timeout", 0)
-		}
-	})
+	hs := s.armHandshakeTimeout()
 	r := frame.NewReader(c, g.cfg.MaxFrameBytes)
 	f, err := r.Next()
 	hs.Stop()
@@ -82,16 +86,7 @@ func (g *Gateway) serve(ctx context.Context, c net.Conn) {
 		return
 	}
 	g.m.framesIn.Add(ctx, 1)
-	if f.Type != frame.TypeConnect {
-		s.closeWith(frame.CodeExpectedConnect, "the first frame must be CONNECT", 0)
-		return
-	}
-	var req devicev1.Connect
-	if err := proto.Unmarshal(f.Body, &req); err != nil {
-		s.closeWith(frame.CodeBadFrame, "undecodable CONNECT", 0)
-		return
-	}
-	if !s.connect(ctx, &req) {
+	if !s.first(ctx, f) {
 		return
 	}
 	for {
@@ -106,6 +101,29 @@ func (g *Gateway) serve(ctx context.Context, c net.Conn) {
 			return
 		}
 	}
+}
+
+// armHandshakeTimeout closes the session unless it authenticates in time.
+func (s *session) armHandshakeTimeout() *timewheel.Timer {
+	return s.g.wheel.Schedule(time.Now().Add(s.g.cfg.HandshakeTimeout), func() {
+		if !s.authed.Load() {
+			go s.closeWith(frame.CodeHandshakeTimeout, "no CONNECT within the handshake timeout", 0)
+		}
+	})
+}
+
+// first handles the session's first frame, which must be CONNECT.
+func (s *session) first(ctx context.Context, f frame.Frame) bool {
+	if f.Type != frame.TypeConnect {
+		s.closeWith(frame.CodeExpectedConnect, "the first frame must be CONNECT", 0)
+		return false
+	}
+	var req devicev1.Connect
+	if err := proto.Unmarshal(f.Body, &req); err != nil {
+		s.closeWith(frame.CodeBadFrame, "undecodable CONNECT", 0)
+		return false
+	}
+	return s.connect(ctx, &req)
 }
 
 // connect authenticates the device, takes over from an older session of
@@ -362,12 +380,20 @@ func (s *session) pushLive(ds []delivery.Delivery, idx []int, w *waiter) {
 			continue
 		}
 		buf = b
-		s.inflight[ds[i].Envelope.GetPush().GetMessageId()] = inflightRef{w: w, i: i}
+		s.addInflight(ds[i].Envelope.GetPush().GetMessageId(), inflightRef{w: w, i: i})
 	}
 	s.mu.Unlock()
 	if len(buf) > 0 {
 		_ = s.write(buf) // a failed write closes the session, which resolves the waiters NotHere
 	}
+}
+
+// addInflight records an in-flight push (s.mu held).
+func (s *session) addInflight(id string, ref inflightRef) {
+	if s.inflight == nil {
+		s.inflight = make(map[string]inflightRef)
+	}
+	s.inflight[id] = ref
 }
 
 // forgetTimedOut drops the in-flight records of deliveries that timed out,
@@ -455,7 +481,7 @@ func (s *session) drainLoop() {
 				continue
 			}
 			buf = b
-			s.inflight[e.MessageID] = inflightRef{w: w, i: i}
+			s.addInflight(e.MessageID, inflightRef{w: w, i: i})
 		}
 		s.mu.Unlock()
 		if len(buf) > 0 && s.write(buf) != nil {
@@ -490,8 +516,18 @@ func (s *session) drainLoop() {
 	}
 }
 
-// write sends b in one write, under the session's write lock.
+// write sends b in one write, under the session's write lock. On an event
+// loop the write never blocks: what the socket cannot take now is queued
+// and flushed by the loop (too much queued closes the connection).
 func (s *session) write(b []byte) error {
+	if s.ev != nil {
+		if _, err := s.conn.Write(b); err != nil {
+			go s.closeQuietly()
+			return err
+		}
+		s.g.m.framesOut.Add(context.Background(), 1)
+		return nil
+	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	_ = s.conn.SetWriteDeadline(time.Now().Add(s.g.cfg.WriteTimeout))
@@ -515,7 +551,11 @@ func (s *session) closeWith(code frame.Code, reason string, retryAfter time.Dura
 		b, err := frame.AppendMessage(nil, frame.TypeDisconnect, &devicev1.Disconnect{
 			Code: uint32(code), Reason: reason, RetryAfterMs: uint32(retryAfter / time.Millisecond),
 		})
-		if err == nil {
+		switch {
+		case err != nil:
+		case s.ev != nil:
+			_, _ = s.conn.Write(b)
+		default:
 			s.wmu.Lock()
 			_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
 			_, _ = s.conn.Write(b)

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary act as a heraldbench worker: the controller
+// re-executes os.Executable(), which under `go test` is this binary.
+func TestMain(m *testing.M) {
+	if os.Getenv(workerEnv) == "worker" {
+		os.Exit(workerMain(context.Background()))
+	}
+	os.Exit(m.Run())
+}
+
+func TestFitLine(t *testing.T) {
+	tests := []struct {
+		name      string
+		xs, ys    []float64
+		slope, ic float64
+		wantErr   bool
+	}{
+		{name: "exact line", xs: []float64{0, 2000, 10000, 19000}, ys: []float64{1e6, 1e6 + 2000*1500, 1e6 + 10000*1500, 1e6 + 19000*1500}, slope: 1500, ic: 1e6},
+		{name: "two points", xs: []float64{1, 3}, ys: []float64{10, 20}, slope: 5, ic: 5},
+		{name: "noisy", xs: []float64{1, 2, 3}, ys: []float64{1, 3, 2}, slope: 0.5, ic: 1},
+		{name: "one point", xs: []float64{1}, ys: []float64{1}, wantErr: true},
+		{name: "same x", xs: []float64{2, 2}, ys: []float64{1, 3}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := FitLine(tt.xs, tt.ys)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			if err == nil && (math.Abs(f.Slope-tt.slope) > 1e-6 || math.Abs(f.Intercept-tt.ic) > 1e-3) {
+				t.Fatalf("fit = %+v, want slope %v intercept %v", f, tt.slope, tt.ic)
+			}
+		})
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	tests := []struct {
+		name string
+		vals []float64
+		p    float64
+		want float64
+	}{
+		{"empty", nil, 50, 0},
+		{"single", []float64{7}, 99, 7},
+		{"median of ten", []float64{10, 9, 8, 7, 6, 5, 4, 3, 2, 1}, 50, 5},
+		{"p90 of ten", []float64{10, 9, 8, 7, 6, 5, 4, 3, 2, 1}, 90, 9},
+		{"p100", []float64{3, 1, 2}, 100, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Percentile(tt.vals, tt.p); got != tt.want {
+				t.Fatalf("Percentile(%v) = %v, want %v", tt.p, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestHistogramQuantiles(t *testing.T) {
+	var a, b Histogram
+	for i := 1; i <= 1000; i++ { // 1..1000 µs, split over two histograms
+		h := &a
+		if i%2 == 0 {
+			h = &b
+		}
+		h.Record(time.Duration(i) * time.Microsecond)
+	}
+	a.Merge(b)
+	if a.Total() != 1000 {
+		t.Fatalf("total = %d, want 1000", a.Total())
+	}
+	for _, q := range []struct {
+		q    float64
+		want time.Duration
+	}{{0.5, 500 * time.Microsecond}, {0.99, 990 * time.Microsecond}, {0.001, time.Microsecond}} {
+		got := a.Quantile(q.q)
+		if rel := math.Abs(float64(got-q.want)) / float64(q.want); rel > 0.07 {
+			t.Errorf("quantile %v = %v, want %v within 7%%", q.q, got, q.want)
+		}
+	}
+	for i := range 2000 { // bucket bounds are ordered and every value lands in its bucket
+		us := uint64(i * 37)
+		idx := histIndex(us)
+		if us < histLower(idx) || us >= histLower(idx+1) {
+			t.Fatalf("%d µs in bucket %d [%d, %d)", us, idx, histLower(idx), histLower(idx+1))
+		}
+	}
+}
+
+func TestParseProc(t *testing.T) {
+	cpu, err := parseStatCPU("1234 (my (odd) prog) S 1 2 3 4 5 6 7 8 9 10 250 150 0 0 20 0 4 0 100")
+	if err != nil || math.Abs(cpu-4.0) > 1e-9 {
+		t.Fatalf("parseStatCPU = %v, %v; want 4.0 s", cpu, err)
+	}
+	inuse, mem := parseSockstat("sockets: used 300\nTCP: inuse 42 orphan 0 tw 7 alloc 50 mem 3\nUDP: inuse 1 mem 9\n")
+	if inuse != 42 || mem != 3*int64(os.Getpagesize()) {
+		t.Fatalf("parseSockstat = %d, %d", inuse, mem)
+	}
+}
+
+func TestMarkdown(t *testing.T) {
+	r := &Result{Started: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Machine: Machine{NProc: 2}, Target: "test",
+		Connect: &ConnectResult{Steps: []ConnectStep{{N: 19000, Connected: 19000, HandshakesPerS: 25000}}, BytesPerConn: 1800,
+			Heartbeat: &HeartbeatResult{N: 19000, Every: "30s", HeartbeatPct: 2.5}, Projection1MBytes: 2e9},
+		Unicast: []UnicastResult{{TargetRate: 0, DeliveredPerS: 50000}, {TargetRate: 20000, DeliveredPerS: 20000, P99Ms: 3}},
+		Churn:   &ChurnResult{N: 19000, PerSecond: 10000, MessagesSent: 10, Delivered: 10},
+	}
+	var buf bytes.Buffer
+	r.WriteMarkdown(&buf)
+	md := buf.String()
+	for _, want := range []string{
+		"| user-space memory per idle connection (RSS slope, N up to 19000) | 1800 B | <= 2048 B at 19,000 | met |",
+		"| 2.50 % of a core | <= 1 % at 19,000 / 30 s | not met |",
+		"| handshakes/s, connect ramp | 25000 /s | >= 20,000 /s | met |",
+		"| 10000 /s | >= 20,000 /s | not met |",
+		"| messages lost during the storm | 0 of 10 | 0 | met |",
+		"| 50000 /s | >= 100,000 /s | not met |",
+		"| unicast p99 at 20000 msg/s (achieved 20000 /s) | 3.00 ms | <= 5 ms at 20,000 msg/s | met |",
+		"PROJECTION",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+}
+
+// TestEndToEnd runs a tiny connect and unicast against a real herald child.
+func TestEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a herald child process")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "herald")
+	build := exec.CommandContext(t.Context(), "go", "build", "-o", bin, "../herald")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build herald: %v\n%s", err, out)
+	}
+	out := filepath.Join(dir, "result")
+	var stdout, stderr bytes.Buffer
+	code := run(t.Context(), []string{"-preset", "ci", "-herald-bin", bin, "-n", "100,200", "-hb-window", "500ms",
+		"-duration", "2s", "-rates", "500", "-per-worker", "150", "-out", out, "connect", "unicast"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("run = %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+	}
+	raw, err := os.ReadFile(out + ".json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res Result
+	if err := json.Unmarshal(raw, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Workers != 2 {
+		t.Errorf("workers = %d, want 2 (200 devices, 150 per worker)", res.Workers)
+	}
+	c := res.Connect
+	if c == nil || len(c.Steps) != 2 || c.Steps[1].Connected != 200 || c.Steps[1].Failed != 0 {
+		t.Fatalf("connect = %+v, want 200 connected", c)
+	}
+	if c.Baseline.RSSBytes <= 0 || c.Steps[1].Server.RSSBytes <= 0 {
+		t.Errorf("no RSS readings: %+v", c)
+	}
+	if len(res.Unicast) != 1 {
+		t.Fatalf("unicast runs = %d, want 1", len(res.Unicast))
+	}
+	u := res.Unicast[0]
+	if u.Sent < 500 || u.Delivered != u.Sent || u.SendErrors != 0 {
+		t.Errorf("unicast: sent %d, delivered %d, errors %d: want every sent message delivered", u.Sent, u.Delivered, u.SendErrors)
+	}
+	if u.P50Ms <= 0 || u.P99Ms < u.P50Ms {
+		t.Errorf("latency p50 %v p99 %v", u.P50Ms, u.P99Ms)
+	}
+	if md, err := os.ReadFile(out + ".md"); err != nil || !strings.Contains(string(md), "| figure | measured | target | verdict |") {
+		t.Errorf("markdown file: %v %q", err, md)
+	}
+}

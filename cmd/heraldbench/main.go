@@ -1,0 +1,247 @@
+// Command heraldbench is Herald's load tool. It starts an all-in-one herald
+// child (or targets a running one), registers devices through the REST API,
+// drives many lightweight device connections from worker processes (it
+// re-executes itself as `heraldbench worker`) bound to source addresses
+// 127.0.0.2-254, and writes a JSON result and a markdown table.
+//
+//	heraldbench [flags] [mode ...]
+//
+// Modes: connect, fanout, unicast, churn, raw (default: all of them, in that
+// order, in one session). -preset ci|quick|full picks sizes and durations.
+// docs/benchmarks.md explains the method and the figures.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "worker" {
+		os.Exit(workerMain(context.Background()))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+var presets = map[string]options{
+	"ci": {Steps: []int{200, 1000}, HBWindow: 3 * time.Second, Repeats: 3, Rates: []float64{0, 1000},
+		UnicastFor: 2 * time.Second, ChurnFor: 2 * time.Second, ChurnRate: 200},
+	"quick": {Steps: []int{2000, 6000, 10000}, HBWindow: 10 * time.Second, Repeats: 5, Rates: []float64{0, 20000},
+		UnicastFor: 5 * time.Second, ChurnFor: 5 * time.Second, ChurnRate: 1000},
+	"full": {Steps: []int{2000, 10000, 19000}, HBWindow: 30 * time.Second, Repeats: 10, Rates: []float64{0, 20000},
+		UnicastFor: 20 * time.Second, ChurnFor: 10 * time.Second, ChurnRate: 2000},
+}
+
+var allModes = []string{"connect", "fanout", "unicast", "churn", "raw"}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("heraldbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	preset := fs.String("preset", "quick", "sizes and durations: ci, quick or full (flags below override)")
+	bin := fs.String("herald-bin", "bin/herald", "herald binary to start as an all-in-one child (ignored with -api)")
+	apiAddr := fs.String("api", "", "REST address of a running herald (then also -grpc, -gateway, -admin-token)")
+	grpcAddr := fs.String("grpc", "", "gRPC address of a running herald")
+	gwAddr := fs.String("gateway", "", "device address of a running herald")
+	adminTok := fs.String("admin-token", "", "admin token of a running herald")
+	pid := fs.Int("herald-pid", 0, "pid of a running herald, for RSS and CPU readings")
+	steps := fs.String("n", "", "connect: comma-separated N values; the largest is every mode's N (at most 19000 per gateway process)")
+	perWorker := fs.Int("per-worker", 10000, "device connections per worker process (at most ~18000: 20,000 open files per process)")
+	conc := fs.Int("concurrency", 128, "dials in flight per worker")
+	regConc := fs.Int("register-concurrency", 64, "device registrations in flight")
+	ping := fs.Duration("ping-every", 30*time.Second, "heartbeat interval of every device")
+	hbWindow := fs.Duration("hb-window", 0, "CPU measurement window for heartbeats")
+	repeats := fs.Int("repeats", 0, "fan-out and raw rounds")
+	rates := fs.String("rates", "", "unicast target rates per second, comma-separated; 0 = flat out")
+	uniFor := fs.Duration("duration", 0, "length of each unicast run")
+	senders := fs.Int("senders", 128, "unicast API calls in flight")
+	churnFor := fs.Duration("churn-duration", 0, "length of the reconnect storm")
+	churnRate := fs.Float64("churn-rate", -1, "messages per second sent during the storm")
+	out := fs.String("out", "", "write <out>.json and <out>.md as well as the table on stdout")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	opt, ok := presets[*preset]
+	if !ok {
+		fmt.Fprintf(stderr, "heraldbench: unknown preset %q\n", *preset)
+		return 2
+	}
+	opt.PerWorker, opt.Concurrency, opt.RegisterConc, opt.PingEvery, opt.Senders = *perWorker, *conc, *regConc, *ping, *senders
+	opt.DeliverWait = 60 * time.Second
+	var err error
+	if *steps != "" {
+		if opt.Steps, err = parseList(*steps, strconv.Atoi); err != nil {
+			fmt.Fprintln(stderr, "heraldbench: -n:", err)
+			return 2
+		}
+	}
+	if *rates != "" {
+		if opt.Rates, err = parseList(*rates, func(s string) (float64, error) { return strconv.ParseFloat(s, 64) }); err != nil {
+			fmt.Fprintln(stderr, "heraldbench: -rates:", err)
+			return 2
+		}
+	}
+	if *hbWindow > 0 {
+		opt.HBWindow = *hbWindow
+	}
+	if *repeats > 0 {
+		opt.Repeats = *repeats
+	}
+	if *uniFor > 0 {
+		opt.UnicastFor = *uniFor
+	}
+	if *churnFor > 0 {
+		opt.ChurnFor = *churnFor
+	}
+	if *churnRate >= 0 {
+		opt.ChurnRate = *churnRate
+	}
+	if opt.PerWorker < 1 || opt.PerWorker > 18000 {
+		fmt.Fprintln(stderr, "heraldbench: -per-worker must be in [1, 18000]")
+		return 2
+	}
+	modes := fs.Args()
+	if len(modes) == 0 {
+		modes = allModes
+	}
+	for _, m := range modes {
+		if !contains(allModes, m) {
+			fmt.Fprintf(stderr, "heraldbench: unknown mode %q (want %s)\n", m, strings.Join(allModes, ", "))
+			return 2
+		}
+	}
+
+	res := &Result{Started: time.Now().UTC(), Machine: machine()}
+	b := &bench{opt: opt, res: res, log: stderr}
+	if *apiAddr != "" {
+		b.tgt = &target{API: *apiAddr, GRPC: *grpcAddr, Gateway: *gwAddr, Admin: *adminTok, PID: *pid}
+		res.Target = "running herald at " + *apiAddr
+	} else {
+		b.logf("starting %s (all-in-one, temp data dir)", *bin)
+		b.tgt, err = startHerald(ctx, *bin, nil)
+		if err != nil {
+			fmt.Fprintln(stderr, "heraldbench:", err)
+			return 1
+		}
+		defer b.tgt.stop()
+		res.Target = "all-in-one child " + *bin + " (embedded pebble log and store, memory routes)"
+	}
+	failed := false
+	if err := b.setup(ctx); err != nil {
+		res.Problems = append(res.Problems, err.Error())
+		failed = true
+	} else {
+		for _, m := range modes {
+			if err := b.runMode(ctx, m); err != nil {
+				b.logf("%s failed: %v", m, err)
+				res.Problems = append(res.Problems, m+": "+err.Error())
+				failed = true
+				if ctx.Err() != nil {
+					break
+				}
+			}
+		}
+	}
+	b.close()
+	res.WriteMarkdown(stdout)
+	if *out != "" {
+		if err := writeResult(*out, res); err != nil {
+			fmt.Fprintln(stderr, "heraldbench:", err)
+			return 1
+		}
+	}
+	if failed {
+		return 1
+	}
+	return 0
+}
+
+func (b *bench) runMode(ctx context.Context, m string) error {
+	switch m {
+	case "connect":
+		return b.runConnect(ctx)
+	case "fanout":
+		return b.runFanout(ctx)
+	case "unicast":
+		return b.runUnicast(ctx)
+	case "churn":
+		return b.runChurn(ctx)
+	case "raw":
+		return b.runRaw(ctx)
+	}
+	return errNoMode
+}
+
+func writeResult(base string, res *Result) error {
+	raw, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(base+".json", append(raw, '\n'), 0o644); err != nil {
+		return err
+	}
+	f, err := os.Create(base + ".md")
+	if err != nil {
+		return err
+	}
+	res.WriteMarkdown(f)
+	return f.Close()
+}
+
+func parseList[T any](s string, parse func(string) (T, error)) ([]T, error) {
+	var out []T
+	for f := range strings.SplitSeq(s, ",") {
+		v, err := parse(strings.TrimSpace(f))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("empty list")
+	}
+	return out, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func machine() Machine {
+	m := Machine{NProc: runtime.NumCPU(), GoVersion: runtime.Version()}
+	if raw, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.SplitSeq(string(raw), "\n") {
+			if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				if f := strings.Fields(rest); len(f) > 0 {
+					kb, _ := strconv.ParseInt(f[0], 10, 64)
+					m.MemBytes = kb * 1024
+				}
+			}
+		}
+	}
+	if raw, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(raw))
+	}
+	var rl syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl) == nil {
+		m.FileLimit = rl.Cur
+	}
+	return m
+}

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// Result is everything one heraldbench session measured; it is written as
+// JSON and rendered as a markdown table.
+type Result struct {
+	Started  time.Time       `json:"started"`
+	Machine  Machine         `json:"machine"`
+	Target   string          `json:"target"`
+	Workers  int             `json:"workers"`
+	Connect  *ConnectResult  `json:"connect,omitempty"`
+	Fanout   *FanoutResult   `json:"fanout,omitempty"`
+	Raw      *FanoutResult   `json:"raw,omitempty"`
+	Unicast  []UnicastResult `json:"unicast,omitempty"`
+	Churn    *ChurnResult    `json:"churn,omitempty"`
+	Problems []string        `json:"problems,omitempty"`
+}
+
+// Machine describes where the numbers come from.
+type Machine struct {
+	NProc     int    `json:"nproc"`
+	MemBytes  int64  `json:"mem_bytes"`
+	Kernel    string `json:"kernel"`
+	GoVersion string `json:"go_version"`
+	FileLimit uint64 `json:"file_limit"`
+}
+
+// ConnectResult is the idle-connection run.
+type ConnectResult struct {
+	Baseline procSample    `json:"baseline"`
+	Steps    []ConnectStep `json:"steps"`
+	// BytesPerConn is the least-squares slope of server RSS over N.
+	BytesPerConn float64 `json:"rss_bytes_per_conn"`
+	// KernelBytesPerConn is the slope of /proc/net/sockstat TCP memory over
+	// N; both ends of every loopback connection are counted.
+	KernelBytesPerConn float64          `json:"kernel_tcp_bytes_per_conn"`
+	Heartbeat          *HeartbeatResult `json:"heartbeat,omitempty"`
+	// Projection1MBytes is baseline + slope * 1,000,000: a projection, not a measurement.
+	Projection1MBytes float64 `json:"projection_1m_rss_bytes"`
+}
+
+// ConnectStep is one N of the connect run.
+type ConnectStep struct {
+	N              int        `json:"n"`
+	Connected      int        `json:"connected"`
+	Failed         int        `json:"failed"`
+	Server         procSample `json:"server"`
+	RampSeconds    float64    `json:"ramp_seconds"`
+	HandshakesPerS float64    `json:"handshakes_per_s"` // of this step's new connections
+}
+
+// HeartbeatResult is the server CPU spent while N sessions ping every Every.
+type HeartbeatResult struct {
+	N            int     `json:"n"`
+	Every        string  `json:"ping_every"`
+	Window       string  `json:"window"`
+	IdleCPUPct   float64 `json:"idle_cpu_pct"`      // no connections
+	LoadedCPUPct float64 `json:"loaded_cpu_pct"`    // N sessions pinging
+	HeartbeatPct float64 `json:"heartbeat_cpu_pct"` // loaded - idle, % of one core
+}
+
+// FanoutResult is one message to every connected device, repeated.
+type FanoutResult struct {
+	N          int       `json:"n"`
+	Method     string    `json:"method"`
+	Repeats    int       `json:"repeats"`
+	RoundMs    []float64 `json:"round_ms"` // send start to the last device receiving
+	Incomplete int       `json:"incomplete_rounds"`
+	P50Ms      float64   `json:"p50_ms"`
+	P90Ms      float64   `json:"p90_ms"`
+	PerSecond  float64   `json:"deliveries_per_s"` // N / p50
+}
+
+// UnicastResult is one sustained unicast run.
+type UnicastResult struct {
+	TargetRate      float64 `json:"target_rate"` // 0: as fast as the senders can go
+	Seconds         float64 `json:"seconds"`
+	Senders         int     `json:"senders"`
+	Sent            uint64  `json:"sent"`
+	SendErrors      uint64  `json:"send_errors"`
+	Delivered       uint64  `json:"delivered"` // distinct messages received
+	Redelivered     uint64  `json:"redelivered"`
+	SentPerS        float64 `json:"sent_per_s"`
+	DeliveredPerS   float64 `json:"delivered_per_s"`
+	P50Ms           float64 `json:"p50_ms"`
+	P99Ms           float64 `json:"p99_ms"`
+	P999Ms          float64 `json:"p999_ms"`
+	ServerCPUPct    float64 `json:"server_cpu_pct"`
+	DeliveryTimeout bool    `json:"delivery_timeout,omitempty"`
+}
+
+// ChurnResult is a reconnect storm with messages flowing.
+type ChurnResult struct {
+	N            int     `json:"n"`
+	Seconds      float64 `json:"seconds"`
+	Handshakes   uint64  `json:"handshakes"`
+	PerSecond    float64 `json:"handshakes_per_s"`
+	Failed       int     `json:"failed_dials"`
+	MessagesSent uint64  `json:"messages_sent"`
+	Delivered    uint64  `json:"messages_delivered"`
+	Lost         uint64  `json:"messages_lost"`
+	// EarlierRedelivered counts messages of earlier runs (already received
+	// and acked once) that came again during the storm: at-least-once.
+	EarlierRedelivered uint64  `json:"earlier_messages_redelivered"`
+	ServerCPUPct       float64 `json:"server_cpu_pct"`
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func mib(b float64) string { return fmt.Sprintf("%.1f MiB", b/(1<<20)) }
+
+func verdict(measured, target float64, higherIsBetter bool) string {
+	if measured == 0 {
+		return "not measured"
+	}
+	if higherIsBetter == (measured >= target) {
+		return "met"
+	}
+	return "not met"
+}
+
+// WriteMarkdown renders the headline figures against the targets, then the details.
+func (r *Result) WriteMarkdown(w io.Writer) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "## heraldbench %s\n\n", r.Started.Format(time.RFC3339))
+	fmt.Fprintf(&b, "Machine: %d CPUs, %s memory, kernel %s, %s, open-file limit %d. Target: %s. Driver: %d worker processes on the same machine.\n\n",
+		r.Machine.NProc, mib(float64(r.Machine.MemBytes)), r.Machine.Kernel, r.Machine.GoVersion, r.Machine.FileLimit, r.Target, r.Workers)
+	b.WriteString("| figure | measured | target | verdict |\n|---|---|---|---|\n")
+	if c := r.Connect; c != nil && len(c.Steps) > 0 {
+		last := c.Steps[len(c.Steps)-1]
+		fmt.Fprintf(&b, "| user-space memory per idle connection (RSS slope, N up to %d) | %.0f B | <= 2048 B at 19,000 | %s |\n",
+			last.N, c.BytesPerConn, verdict(c.BytesPerConn, 2048, false))
+		fmt.Fprintf(&b, "| kernel TCP buffer memory per connection (sockstat mem slope, both loopback ends; socket structs not included) | %.0f B | reported apart | — |\n", c.KernelBytesPerConn)
+		if hb := c.Heartbeat; hb != nil {
+			fmt.Fprintf(&b, "| heartbeat CPU, %d sessions pinging every %s | %.2f %% of a core | <= 1 %% at 19,000 / 30 s | %s |\n",
+				hb.N, hb.Every, hb.HeartbeatPct, verdict(max(hb.HeartbeatPct, 1e-9), 1, false))
+		}
+		best := 0.0
+		for _, s := range c.Steps {
+			best = max(best, s.HandshakesPerS)
+		}
+		fmt.Fprintf(&b, "| handshakes/s, connect ramp | %.0f /s | >= 20,000 /s | %s |\n", best, verdict(best, 20000, true))
+	}
+	if ch := r.Churn; ch != nil {
+		fmt.Fprintf(&b, "| handshakes/s, reconnect storm of %d devices | %.0f /s | >= 20,000 /s | %s |\n", ch.N, ch.PerSecond, verdict(ch.PerSecond, 20000, true))
+		lost := "met"
+		if ch.Lost > 0 {
+			lost = "not met"
+		}
+		fmt.Fprintf(&b, "| messages lost during the storm | %d of %d | 0 | %s |\n", ch.Lost, ch.MessagesSent, lost)
+	}
+	for _, u := range r.Unicast {
+		if u.TargetRate == 0 {
+			fmt.Fprintf(&b, "| unicast delivered/s, senders flat out (%d in flight) | %.0f /s | >= 100,000 /s | %s |\n",
+				u.Senders, u.DeliveredPerS, verdict(u.DeliveredPerS, 100000, true))
+		} else {
+			fmt.Fprintf(&b, "| unicast p99 at %.0f msg/s (achieved %.0f /s) | %.2f ms | <= 5 ms at 20,000 msg/s | %s |\n",
+				u.TargetRate, u.DeliveredPerS, u.P99Ms, verdict(max(u.P99Ms, 1e-9), 5, false))
+		}
+	}
+	if f := r.Fanout; f != nil {
+		line := fmt.Sprintf("| fan-out to %d devices (%s), p50 / p90 | %.1f / %.1f ms | — | — |\n", f.N, f.Method, f.P50Ms, f.P90Ms)
+		if rw := r.Raw; rw != nil && rw.P50Ms > 0 && f.P50Ms > 0 {
+			line = fmt.Sprintf("| fan-out to %d devices (%s), p50 / p90 | %.1f / %.1f ms (raw TCP writer: %.1f ms, herald at %.0f %% of raw speed) | — | — |\n",
+				f.N, f.Method, f.P50Ms, f.P90Ms, rw.P50Ms, 100*rw.P50Ms/f.P50Ms)
+		}
+		b.WriteString(line)
+	}
+	if c := r.Connect; c != nil && c.Projection1MBytes > 0 {
+		fmt.Fprintf(&b, "| PROJECTION: gateway RSS at 1M connections per host (baseline + slope x 1M) | %s | — | projection |\n", mib(c.Projection1MBytes))
+	}
+	if c := r.Connect; c != nil {
+		b.WriteString("\nConnect steps:\n\n| N | connected | failed | server RSS | kernel TCP mem | ramp | handshakes/s |\n|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(&b, "| 0 | 0 | 0 | %s | %s | — | — |\n", mib(float64(c.Baseline.RSSBytes)), mib(float64(c.Baseline.TCPMem)))
+		for _, s := range c.Steps {
+			fmt.Fprintf(&b, "| %d | %d | %d | %s | %s | %.2f s | %.0f |\n", s.N, s.Connected, s.Failed,
+				mib(float64(s.Server.RSSBytes)), mib(float64(s.Server.TCPMem)), s.RampSeconds, s.HandshakesPerS)
+		}
+	}
+	if len(r.Unicast) > 0 {
+		b.WriteString("\nUnicast runs:\n\n| target rate | seconds | sent | delivered | redelivered | send errors | sent/s | delivered/s | p50 | p99 | p999 | server CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for _, u := range r.Unicast {
+			rate := "flat out"
+			if u.TargetRate > 0 {
+				rate = fmt.Sprintf("%.0f /s", u.TargetRate)
+			}
+			fmt.Fprintf(&b, "| %s | %.1f | %d | %d | %d | %d | %.0f | %.0f | %.2f ms | %.2f ms | %.2f ms | %.0f %% |\n",
+				rate, u.Seconds, u.Sent, u.Delivered, u.Redelivered, u.SendErrors, u.SentPerS, u.DeliveredPerS, u.P50Ms, u.P99Ms, u.P999Ms, u.ServerCPUPct)
+		}
+	}
+	for _, f := range []*FanoutResult{r.Fanout, r.Raw} {
+		if f == nil {
+			continue
+		}
+		fmt.Fprintf(&b, "\nFan-out (%s), %d devices, %d repeats (%d incomplete): p50 %.1f ms, p90 %.1f ms, %.0f deliveries/s at p50.\n",
+			f.Method, f.N, f.Repeats, f.Incomplete, f.P50Ms, f.P90Ms, f.PerSecond)
+	}
+	if ch := r.Churn; ch != nil {
+		fmt.Fprintf(&b, "\nChurn: %d devices, %.1f s, %d handshakes (%.0f /s), %d failed dials, %d/%d messages delivered, %d messages of earlier runs redelivered, server CPU %.0f %%.\n",
+			ch.N, ch.Seconds, ch.Handshakes, ch.PerSecond, ch.Failed, ch.Delivered, ch.MessagesSent, ch.EarlierRedelivered, ch.ServerCPUPct)
+	}
+	for _, p := range r.Problems {
+		fmt.Fprintf(&b, "\nProblem: %s\n", p)
+	}
+	_, _ = io.WriteString(w, b.String())
+}
