@@ -90,7 +90,7 @@ up() {
 		echo "cluster: $node ($target) ready, ops 127.0.0.1:$ops"
 	done < <(nodes)
 	echo "cluster: up. REST http://127.0.0.1:8080  gRPC 127.0.0.1:9090  devices 127.0.0.1:5222 127.0.0.1:5223"
-	echo "cluster: admin token in $dir/data/admin-token (heraldctl --admin-token \$(cat $dir/data/admin-token))"
+	echo "cluster: admin token in $dir/data/admin-token (HERALD_ADMIN_TOKEN=\$(cat $dir/data/admin-token) heraldctl app create ...)"
 }
 
 down() {

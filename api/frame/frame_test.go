@@ -151,33 +151,85 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
-func BenchmarkEncodePing(b *testing.B) {
-	buf := make([]byte, 0, 16)
-	b.ReportAllocs()
-	for b.Loop() {
-		buf = AppendFrame(buf[:0], TypePing, nil)
+// hotFrames are the frames every session exchanges: heartbeats, pushes
+// and acks. Their encode and decode must not allocate.
+func hotFrames() []struct {
+	name string
+	t    Type
+	msg  proto.Message // nil: no body
+} {
+	return []struct {
+		name string
+		t    Type
+		msg  proto.Message
+	}{
+		{"PING", TypePing, nil},
+		{"PUSH", TypePush, &devicev1.Push{MessageId: "01HZYABCDEFGHJKMNPQRSTVWXY", Kind: devicev1.Kind_KIND_NOTIFICATION,
+			Notification: &devicev1.Notification{Title: "Hello", Body: "A message body of a typical size", Badge: -1}, SentAtMs: 1}},
+		{"ACK", TypeAck, &devicev1.Ack{MessageIds: []string{"01HZYABCDEFGHJKMNPQRSTVWXY", "01HZYABCDEFGHJKMNPQRSTVWXZ"}}},
 	}
 }
 
-func BenchmarkEncodePush(b *testing.B) {
-	push := &devicev1.Push{MessageId: "01HZYABCDEFGHJKMNPQRSTVWXY", Kind: devicev1.Kind_KIND_NOTIFICATION,
-		Notification: &devicev1.Notification{Title: "Hello", Body: "A message body of a typical size", Badge: -1}, SentAtMs: 1}
-	buf := make([]byte, 0, 256)
-	b.ReportAllocs()
-	for b.Loop() {
-		var err error
-		if buf, err = AppendMessage(buf[:0], TypePush, push); err != nil {
-			b.Fatal(err)
-		}
+// encodeInto encodes one hot frame into buf (reused).
+func encodeInto(buf []byte, t Type, msg proto.Message) ([]byte, error) {
+	if msg == nil {
+		return AppendFrame(buf[:0], t, nil), nil
+	}
+	return AppendMessage(buf[:0], t, msg)
+}
+
+func TestHotPathsDoNotAllocate(t *testing.T) {
+	for _, hf := range hotFrames() {
+		t.Run(hf.name, func(t *testing.T) {
+			buf := make([]byte, 0, 512)
+			var err error
+			if n := testing.AllocsPerRun(100, func() { buf, err = encodeInto(buf, hf.t, hf.msg) }); n != 0 || err != nil {
+				t.Errorf("encode: %v allocs per frame (err %v), want 0", n, err)
+			}
+			if n := testing.AllocsPerRun(100, func() { _, _, err = Decode(buf, DefaultMaxFrame) }); n != 0 || err != nil {
+				t.Errorf("Decode: %v allocs per frame (err %v), want 0", n, err)
+			}
+			stream := bytes.Repeat(buf, 102) // one to size the buffer, one warm-up run, 100 measured
+			r := NewReader(bytes.NewReader(stream), DefaultMaxFrame)
+			if _, err := r.Next(); err != nil { // sizes the reader's buffer
+				t.Fatal(err)
+			}
+			if n := testing.AllocsPerRun(100, func() { _, err = r.Next() }); n != 0 || err != nil {
+				t.Errorf("Reader.Next: %v allocs per frame (err %v), want 0", n, err)
+			}
+		})
+	}
+}
+
+func BenchmarkEncode(b *testing.B) {
+	for _, hf := range hotFrames() {
+		b.Run(hf.name, func(b *testing.B) {
+			buf := make([]byte, 0, 512)
+			b.ReportAllocs()
+			for b.Loop() {
+				var err error
+				if buf, err = encodeInto(buf, hf.t, hf.msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
 func BenchmarkDecode(b *testing.B) {
-	in, _ := AppendMessage(nil, TypeAck, &devicev1.Ack{MessageIds: []string{"01HZYABCDEFGHJKMNPQRSTVWXY"}})
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, _, err := Decode(in, DefaultMaxFrame); err != nil {
-			b.Fatal(err)
-		}
+	for _, hf := range hotFrames() {
+		b.Run(hf.name, func(b *testing.B) {
+			in, err := encodeInto(nil, hf.t, hf.msg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(in)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, _, err := Decode(in, DefaultMaxFrame); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

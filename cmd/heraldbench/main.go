@@ -39,7 +39,7 @@ func main() {
 var presets = map[string]options{
 	"ci": {Steps: []int{200, 1000}, HBWindow: 3 * time.Second, Repeats: 3, Rates: []float64{0, 1000},
 		UnicastFor: 2 * time.Second, ChurnFor: 2 * time.Second, ChurnRate: 200},
-	"quick": {Steps: []int{2000, 6000, 10000}, HBWindow: 10 * time.Second, Repeats: 5, Rates: []float64{0, 20000},
+	"quick": {Steps: []int{2000, 6000, 10000}, HBWindow: 10 * time.Second, Repeats: 5, Rates: []float64{0, 2000},
 		UnicastFor: 5 * time.Second, ChurnFor: 5 * time.Second, ChurnRate: 1000},
 	"full": {Steps: []int{2000, 10000, 19000}, HBWindow: 30 * time.Second, Repeats: 10, Rates: []float64{0, 20000},
 		UnicastFor: 20 * time.Second, ChurnFor: 10 * time.Second, ChurnRate: 2000},
@@ -79,7 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	opt.PerWorker, opt.Concurrency, opt.RegisterConc, opt.PingEvery, opt.Senders = *perWorker, *conc, *regConc, *ping, *senders
-	opt.DeliverWait = 60 * time.Second
+	opt.DeliverWait = 30 * time.Second
 	var err error
 	if *steps != "" {
 		if opt.Steps, err = parseList(*steps, strconv.Atoi); err != nil {

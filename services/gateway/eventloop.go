@@ -125,17 +125,21 @@ func (l *eventLoop) worker() {
 func (l *eventLoop) onOpen(c *nbio.Conn) {
 	g := l.g
 	s := g.newSession(c)
-	s.ev = &evState{l: l}
+	ev := &evState{l: l}
+	s.ev = ev
 	c.SetSession(s)
 	l.sessions.Add(1)
-	if !g.track(s) {
+	if g.track(s) {
+		g.m.connections.Add(l.ctx, 1)
+		ev.counted = true
+		ev.hs = s.armHandshakeTimeout()
+	} else {
 		// Not from here: the connection is not registered with its loop yet.
 		go s.closeWith(frame.CodeShutdown, "gateway shutting down", 0)
-		return // onClose still runs and cleans up
 	}
-	g.m.connections.Add(l.ctx, 1)
-	s.ev.counted = true
-	s.ev.hs = s.armHandshakeTimeout()
+	// Publish the session to the loop goroutine (see loopState).
+	s.mu.Lock()
+	s.mu.Unlock() //nolint:staticcheck // an empty critical section orders the writes above
 }
 
 func (l *eventLoop) onClose(c *nbio.Conn, _ error) {
@@ -152,7 +156,7 @@ func (l *eventLoop) onData(c *nbio.Conn, data []byte) {
 	if !ok {
 		return
 	}
-	ev := s.ev
+	ev := s.loopState()
 	if ev.dead {
 		return
 	}
@@ -176,6 +180,16 @@ func (l *eventLoop) onData(c *nbio.Conn, data []byte) {
 		l.dispatch(s, f)
 	}
 	l.keep(s, buf)
+}
+
+// loopState returns the session's event-loop state on the loop goroutine.
+// nbio hands the connection over through epoll, which Go's memory model
+// (and the race detector) does not see: taking s.mu, which onOpen took
+// after initializing the session, makes the hand-over explicit.
+func (s *session) loopState() *evState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ev
 }
 
 // keep saves the unconsumed tail (part of a frame) in a pooled buffer, or

@@ -297,8 +297,12 @@ func (g *Gateway) Deliver(ctx context.Context, ds []delivery.Delivery) []deliver
 		}
 		bySession[s] = append(bySession[s], i)
 	}
+	var frames pushFrames
+	if len(bySession) > 1 {
+		frames = make(pushFrames)
+	}
 	for s, idx := range bySession {
-		s.pushLive(ds, idx, w)
+		s.pushLive(ds, idx, w, frames)
 	}
 	timer := time.NewTimer(g.cfg.AckTimeout)
 	defer timer.Stop()

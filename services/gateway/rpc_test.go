@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"log/slog"
+	"os"
 	"testing"
 	"time"
 
@@ -42,7 +43,23 @@ func rpcLogger(tb testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
+// testIO is the I/O model the tests run the gateway with:
+// HERALD_TEST_GATEWAY_IO, default goroutine.
+func testIO() string {
+	if io := os.Getenv("HERALD_TEST_GATEWAY_IO"); io != "" {
+		return io
+	}
+	return IOGoroutine
+}
+
 func startRPCEnv(tb testing.TB) *rpcEnv {
+	tb.Helper()
+	return startEnv(tb, testIO())
+}
+
+// startEnv starts a gateway with the given I/O model, its gRPC server and a
+// client of it.
+func startEnv(tb testing.TB, io string) *rpcEnv {
 	tb.Helper()
 	log := rpcLogger(tb)
 	db, err := pebbledb.Open(tb.TempDir(), log)
@@ -55,7 +72,7 @@ func startRPCEnv(tb testing.TB) *rpcEnv {
 		tb.Fatal(err)
 	}
 	routes := memroute.New()
-	gw, err := New(Config{Addr: "127.0.0.1:0", NodeID: "gw-rpc", AckTimeout: 2 * time.Second, DrainTimeout: 100 * time.Millisecond},
+	gw, err := New(Config{Addr: "127.0.0.1:0", NodeID: "gw-rpc", AckTimeout: 2 * time.Second, DrainTimeout: 100 * time.Millisecond, IO: io},
 		Deps{Registry: st, Inbox: st, Status: st, Routes: routes, Log: lg}, log)
 	if err != nil {
 		tb.Fatal(err)
@@ -117,16 +134,7 @@ func (e *rpcEnv) connectDevice(tb testing.TB, deviceID string) *rpcDevice {
 func (e *rpcEnv) connectDeviceWith(tb testing.TB, deviceID string, onMessage func(herald.Message)) *rpcDevice {
 	tb.Helper()
 	ctx := tb.Context()
-	app := store.App{ID: "app-rpc", Name: "rpc", Key: "key-rpc", Secret: "secret"}
-	if _, err := e.store.AppByID(ctx, app.ID); err != nil {
-		if err := e.store.CreateApp(ctx, app); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	sum := sha256.Sum256([]byte("token-" + deviceID))
-	if err := e.store.PutDevice(ctx, store.Device{AppID: app.ID, ID: deviceID, Platform: "android", TokenHash: sum[:], CreatedAt: time.Now(), UpdatedAt: time.Now()}); err != nil {
-		tb.Fatal(err)
-	}
+	app := e.registerDevice(tb, deviceID)
 	d := &rpcDevice{key: route.Key(app.ID, deviceID), msgs: make(chan herald.Message, 100), done: make(chan error, 1)}
 	if onMessage == nil {
 		onMessage = func(m herald.Message) { d.msgs <- m }
@@ -159,6 +167,24 @@ func (e *rpcEnv) connectDeviceWith(tb testing.TB, deviceID string, onMessage fun
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// registerDevice creates the test app (once) and the device, whose token
+// is "token-<id>".
+func (e *rpcEnv) registerDevice(tb testing.TB, deviceID string) store.App {
+	tb.Helper()
+	ctx := tb.Context()
+	app := store.App{ID: "app-rpc", Name: "rpc", Key: "key-rpc", Secret: "secret"}
+	if _, err := e.store.AppByID(ctx, app.ID); err != nil {
+		if err := e.store.CreateApp(ctx, app); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	sum := sha256.Sum256([]byte("token-" + deviceID))
+	if err := e.store.PutDevice(ctx, store.Device{AppID: app.ID, ID: deviceID, Platform: "android", TokenHash: sum[:], CreatedAt: time.Now(), UpdatedAt: time.Now()}); err != nil {
+		tb.Fatal(err)
+	}
+	return app
 }
 
 func envelope(deviceID, msgID string) *internalv1.Envelope {

@@ -365,7 +365,9 @@ func (s *session) upstream(up *devicev1.Upstream) bool {
 
 // pushLive writes live deliveries (indexes into ds) to the session. Those that
 // cannot be taken now resolve NotHere at once.
-func (s *session) pushLive(ds []delivery.Delivery, idx []int, w *waiter) {
+// All of them go out in one write; frames holds the PUSH frames already
+// encoded for other sessions (nil: encode here).
+func (s *session) pushLive(ds []delivery.Delivery, idx []int, w *waiter, frames pushFrames) {
 	var buf []byte
 	s.mu.Lock()
 	for _, i := range idx {
@@ -373,7 +375,7 @@ func (s *session) pushLive(ds []delivery.Delivery, idx []int, w *waiter) {
 			w.resolve(i, delivery.NotHere)
 			continue
 		}
-		b, err := frame.AppendMessage(buf, frame.TypePush, ds[i].Envelope.GetPush())
+		b, err := frames.append(buf, ds[i].Envelope.GetPush())
 		if err != nil {
 			s.g.log.Error("encode push", "err", err)
 			w.resolve(i, delivery.NotHere)
@@ -394,6 +396,25 @@ func (s *session) addInflight(id string, ref inflightRef) {
 		s.inflight = make(map[string]inflightRef)
 	}
 	s.inflight[id] = ref
+}
+
+// pushFrames holds each distinct Push of one Deliver call encoded once, so
+// a message going to many sessions is marshalled once and copied to each.
+type pushFrames map[*devicev1.Push][]byte
+
+func (p pushFrames) append(dst []byte, push *devicev1.Push) ([]byte, error) {
+	if p == nil {
+		return frame.AppendMessage(dst, frame.TypePush, push)
+	}
+	b, ok := p[push]
+	if !ok {
+		var err error
+		if b, err = frame.AppendMessage(nil, frame.TypePush, push); err != nil {
+			return dst, err
+		}
+		p[push] = b
+	}
+	return append(dst, b...), nil
 }
 
 // forgetTimedOut drops the in-flight records of deliveries that timed out,
