@@ -81,6 +81,8 @@ func startCluster(t *testing.T, spec clusterSpec) *cluster {
 		common = append(common, "HERALD_ROUTER_ETCD_ENDPOINTS="+strings.Join(etcd, ","))
 	}
 	cl := &cluster{t: t, common: common}
+	// Registered first, so it runs last: after every role process is gone.
+	t.Cleanup(func() { dropClusterData(t, kafka, "e2e"+run+".", cass, "herald_e2e_"+run) })
 	cl.migrate()
 
 	cl.api = cl.start("api", "api-"+run, func(p *proc) []string {

@@ -153,7 +153,7 @@ func (r *Result) WriteMarkdown(w io.Writer) {
 		if ch.Lost > 0 {
 			lost = "not met"
 		}
-		fmt.Fprintf(&b, "| messages lost during the storm | %d of %d | 0 | %s |\n", ch.Lost, ch.MessagesSent, lost)
+		fmt.Fprintf(&b, "| messages not delivered by the end of the wait (counted lost) | %d of %d | 0 | %s |\n", ch.Lost, ch.MessagesSent, lost)
 	}
 	for _, u := range r.Unicast {
 		if u.TargetRate == 0 {

@@ -37,6 +37,7 @@ type eventLoop struct {
 
 	workers  sync.WaitGroup
 	sessions sync.WaitGroup // sessions whose cleanup has not run
+	handoffs [64]sync.Mutex
 }
 
 // jobKind is what a session's queue entry asks the worker to do.
@@ -127,7 +128,6 @@ func (l *eventLoop) onOpen(c *nbio.Conn) {
 	s := g.newSession(c)
 	ev := &evState{l: l}
 	s.ev = ev
-	c.SetSession(s)
 	l.sessions.Add(1)
 	if g.track(s) {
 		g.m.connections.Add(l.ctx, 1)
@@ -137,14 +137,16 @@ func (l *eventLoop) onOpen(c *nbio.Conn) {
 		// Not from here: the connection is not registered with its loop yet.
 		go s.closeWith(frame.CodeShutdown, "gateway shutting down", 0)
 	}
-	// Publish the session to the loop goroutine (see loopState).
-	s.mu.Lock()
-	s.mu.Unlock() //nolint:staticcheck // an empty critical section orders the writes above
+	// Publish the session to the loop goroutine (see sessionOf).
+	mu := l.handoff(c)
+	mu.Lock()
+	c.SetSession(s)
+	mu.Unlock()
 }
 
 func (l *eventLoop) onClose(c *nbio.Conn, _ error) {
-	s, ok := c.Session().(*session)
-	if !ok {
+	s := l.sessionOf(c)
+	if s == nil {
 		return
 	}
 	s.enqueue(job{kind: jobClose})
@@ -152,11 +154,11 @@ func (l *eventLoop) onClose(c *nbio.Conn, _ error) {
 
 // onData runs on a loop goroutine: decode what is complete, keep the rest.
 func (l *eventLoop) onData(c *nbio.Conn, data []byte) {
-	s, ok := c.Session().(*session)
-	if !ok {
+	s := l.sessionOf(c)
+	if s == nil {
 		return
 	}
-	ev := s.loopState()
+	ev := s.ev
 	if ev.dead {
 		return
 	}
@@ -182,14 +184,21 @@ func (l *eventLoop) onData(c *nbio.Conn, data []byte) {
 	l.keep(s, buf)
 }
 
-// loopState returns the session's event-loop state on the loop goroutine.
-// nbio hands the connection over through epoll, which Go's memory model
-// (and the race detector) does not see: taking s.mu, which onOpen took
-// after initializing the session, makes the hand-over explicit.
-func (s *session) loopState() *evState {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.ev
+// handoff is the lock that publishes c's session from the accepting
+// goroutine to c's loop. nbio hands the connection over through epoll,
+// which Go's memory model (and the race detector) does not see; the locks
+// are sharded by fd and live as long as the loop, so the loop's lookup is
+// one uncontended lock.
+func (l *eventLoop) handoff(c *nbio.Conn) *sync.Mutex {
+	return &l.handoffs[uint(c.Hash())%uint(len(l.handoffs))]
+}
+
+func (l *eventLoop) sessionOf(c *nbio.Conn) *session {
+	mu := l.handoff(c)
+	mu.Lock()
+	s, _ := c.Session().(*session)
+	mu.Unlock()
+	return s
 }
 
 // keep saves the unconsumed tail (part of a frame) in a pooled buffer, or
