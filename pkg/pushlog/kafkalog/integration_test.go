@@ -39,43 +39,8 @@ func newPrefix(tb testing.TB, brokers []string) string {
 	var b [5]byte
 	_, _ = rand.Read(b[:])
 	prefix := "t" + hex.EncodeToString(b[:]) + "."
-	tb.Cleanup(func() { cleanup(tb, brokers, prefix) })
+	tb.Cleanup(func() { enginetest.DropKafkaPrefix(tb, brokers, prefix) })
 	return prefix
-}
-
-// cleanup deletes the topics and consumer groups under prefix, best effort.
-func cleanup(tb testing.TB, brokers []string, prefix string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	tr := &kafka.Transport{}
-	defer tr.CloseIdleConnections()
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: tr}
-	if md, err := client.Metadata(ctx, &kafka.MetadataRequest{}); err == nil {
-		var topics []string
-		for _, t := range md.Topics {
-			if strings.HasPrefix(t.Name, prefix) {
-				topics = append(topics, t.Name)
-			}
-		}
-		if len(topics) > 0 {
-			if _, err := client.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: topics}); err != nil {
-				tb.Logf("delete test topics: %v", err)
-			}
-		}
-	}
-	if lg, err := client.ListGroups(ctx, &kafka.ListGroupsRequest{}); err == nil {
-		var groups []string
-		for _, g := range lg.Groups {
-			if strings.HasPrefix(g.GroupID, prefix) {
-				groups = append(groups, g.GroupID)
-			}
-		}
-		if len(groups) > 0 {
-			if _, err := client.DeleteGroups(ctx, &kafka.DeleteGroupsRequest{GroupIDs: groups}); err != nil {
-				tb.Logf("delete test groups: %v", err)
-			}
-		}
-	}
 }
 
 func testLogger(tb testing.TB) *slog.Logger {
