@@ -220,7 +220,7 @@ func Default() Config {
 			AckTimeout:       10 * time.Second,
 			Window:           64,
 			DrainTimeout:     10 * time.Second,
-			IO:               GatewayIOGoroutine,
+			IO:               GatewayIOEventLoop,
 		},
 		Dispatcher: Dispatcher{
 			BatchSize:      512,

@@ -145,6 +145,7 @@ func (s *Server) gatewayConfig() gateway.Config {
 		AckTimeout:       g.AckTimeout,
 		Window:           g.Window,
 		DrainTimeout:     g.DrainTimeout,
+		IO:               g.IO,
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/heraldpush/herald/api/devicev1"
 	"github.com/heraldpush/herald/api/frame"
 )
@@ -95,23 +97,36 @@ func BenchmarkSessionIdle(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			fds := make([]int, 0, n)
+			fds := make([]int, n)
 			b.Cleanup(func() {
 				for _, fd := range fds {
-					_ = syscall.Close(fd)
+					if fd > 0 {
+						_ = syscall.Close(fd)
+					}
 				}
 			})
 			before := heapAndStack()
 			start := time.Now()
-			for i := range n {
-				fd, err := dialFD(addr)
-				if err != nil {
-					b.Fatal(err)
-				}
-				fds = append(fds, fd)
-				if err := handshakeFD(fd, connects[i]); err != nil {
-					b.Fatalf("handshake %d: %v", i, err)
-				}
+			// Handshakes from a few clients at once, like a reconnect wave.
+			const clients = 8
+			var g errgroup.Group
+			for c := range clients {
+				g.Go(func() error {
+					for i := c; i < n; i += clients {
+						fd, err := dialFD(addr)
+						if err != nil {
+							return err
+						}
+						fds[i] = fd
+						if err := handshakeFD(fd, connects[i]); err != nil {
+							return fmt.Errorf("handshake %d: %w", i, err)
+						}
+					}
+					return nil
+				})
+			}
+			if err := g.Wait(); err != nil {
+				b.Fatal(err)
 			}
 			elapsed := time.Since(start)
 			for e.gw.Sessions() < n {
