@@ -188,6 +188,37 @@ func TestSessions(t *testing.T) {
 		}
 	})
 
+	t.Run("a drain the device did not ack is retried while it stays online", func(t *testing.T) {
+		m := hello("slow-acker")
+		m.HeartbeatSeconds = 60
+		id := api.send(t, ap, sendReq{Audience: toDevices("slow-acker"), Data: map[string]string{"k": "stored"}})
+		eventually(t, 10*time.Second, "stored", func() (bool, string) {
+			left, err := p.srv.Store().List(t.Context(), ap.ID, "slow-acker", "", 0)
+			return err == nil && len(left) == 1, fmt.Sprint(len(left), err)
+		})
+		c, _ := connectRaw(t, p.gw, m)
+		// First drain: the device takes the PUSH but never acks it.
+		var push devicev1.Push
+		if err := proto.Unmarshal(c.readFrame(t, frame.TypePush, 5*time.Second).Body, &push); err != nil || push.GetMessageId() != id {
+			t.Fatalf("first push %v %v", &push, err)
+		}
+		// No new message arrives to trigger anything; the gateway tries again
+		// after the ack timeout (2 s here) on its own.
+		start := time.Now()
+		if err := proto.Unmarshal(c.readFrame(t, frame.TypePush, 10*time.Second).Body, &push); err != nil || push.GetMessageId() != id {
+			t.Fatalf("retried push %v %v", &push, err)
+		}
+		t.Logf("drain retried %s after the unacked page", time.Since(start))
+		ackB, _ := frame.AppendMessage(nil, frame.TypeAck, &devicev1.Ack{MessageIds: []string{id}})
+		if _, err := c.Write(ackB); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, "delivered", func() (bool, string) {
+			st := api.status(t, ap, id)
+			return st.Counts == counts{Targeted: 1, Delivered: 1}, fmt.Sprintf("%+v", st.Counts)
+		})
+	})
+
 	t.Run("metrics count what happened", func(t *testing.T) {
 		resp, err := http.Get("http://" + p.srv.OpsAddr() + "/metrics")
 		if err != nil {

@@ -53,7 +53,10 @@ type session struct {
 	inflight   map[string]inflightRef // allocated at the first push
 	draining   bool
 	drainAgain bool
-	closed     bool
+	// drainRetries counts drains in a row that ended without emptying the
+	// inbox (no acks, store errors); the next one waits longer.
+	drainRetries uint8
+	closed       bool
 
 	closeOnce sync.Once
 	closedCh  chan struct{}
@@ -450,6 +453,20 @@ func (s *session) requestDrain() {
 	go s.drainLoop()
 }
 
+// retryDrain asks for another drain after a backoff (the ack timeout,
+// doubling up to 32 times it): an online device must not keep stored
+// messages because one page timed out or the store failed once.
+func (s *session) retryDrain() {
+	s.mu.Lock()
+	n := s.drainRetries
+	if n < 5 {
+		s.drainRetries++
+	}
+	s.mu.Unlock()
+	delay := s.g.cfg.AckTimeout << n
+	s.g.wheel.Schedule(time.Now().Add(delay), func() { go s.requestDrain() })
+}
+
 // drainLoop pushes the inbox in message-id order, a window at a time, each
 // page acked before the next. It ends when the inbox is empty (and no drain
 // was requested meanwhile), the device stops acking, or the session closes.
@@ -467,6 +484,7 @@ func (s *session) drainLoop() {
 		cancel()
 		if err != nil {
 			g.log.Error("list inbox", "device", s.key, "err", err)
+			s.retryDrain()
 			return
 		}
 		if len(entries) == 0 {
@@ -475,6 +493,7 @@ func (s *session) drainLoop() {
 			s.drainAgain = false
 			if !again {
 				s.draining = false
+				s.drainRetries = 0
 			}
 			s.mu.Unlock()
 			if again {
@@ -523,6 +542,7 @@ func (s *session) drainLoop() {
 			}
 			s.mu.Unlock()
 			g.log.Debug("device stopped acking its inbox", "device", s.key)
+			s.retryDrain()
 			return
 		case <-s.closedCh:
 			timer.Stop()
