@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -107,6 +108,13 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (s *Server
 	if cfg.Ops.Addr != "" {
 		mux := http.NewServeMux()
 		s.health.Mount(mux)
+		// Profiles on the ops endpoint only (loopback by default), never on
+		// the public API listener.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		if s.ops, err = telemetry.ListenOps(ctx, cfg.Ops.Addr, mux, logger); err != nil {
 			return nil, err
 		}
