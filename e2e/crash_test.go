@@ -176,42 +176,13 @@ func TestCrashLosesNothing(t *testing.T) {
 		}
 	}()
 
-	// 2,000 sends from 16 workers; the kill comes right after the last 202,
+	// 2,000 sends from 32 workers; the kill comes right after the last 202,
 	// while the dispatcher still has online deliveries in flight.
-	want := make(map[string]map[string]bool)
-	var mu sync.Mutex
-	jobs := make(chan *device)
-	var wg sync.WaitGroup
-	for w := 0; w < 16; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for d := range jobs {
-				id, err := api.sendE(ap, sendReq{Audience: toDevices(d.id), Data: map[string]string{"to": d.id}})
-				if err != nil {
-					t.Error(err)
-					continue
-				}
-				mu.Lock()
-				if want[d.id] == nil {
-					want[d.id] = make(map[string]bool)
-				}
-				want[d.id][id] = true
-				mu.Unlock()
-			}
-		}()
+	var both []*device
+	for i := range online {
+		both = append(both, online[i], offline[i])
 	}
-	for k := 0; k < perDevice; k++ {
-		for i := range online {
-			jobs <- online[i]
-			jobs <- offline[i]
-		}
-	}
-	close(jobs)
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
-	}
+	want := sendToEach(t, api, ap, both, perDevice)
 	inFlight := 0
 	for _, d := range online {
 		inFlight += perDevice - d.count()
@@ -225,31 +196,7 @@ func TestCrashLosesNothing(t *testing.T) {
 		d.connect(t)
 	}
 	all := append(append([]*device(nil), online...), offline...)
-	eventually(t, 90*time.Second, "every accepted message delivered after the crash", func() (bool, string) {
-		missing := 0
-		for _, d := range all {
-			d.mu.Lock()
-			for id := range want[d.id] {
-				if d.seen[id] == 0 {
-					missing++
-				}
-			}
-			d.mu.Unlock()
-		}
-		return missing == 0, fmt.Sprintf("%d of %d missing", missing, 2*len(online)*perDevice)
-	})
-	for _, d := range all {
-		d.mu.Lock()
-		for id, n := range d.seen {
-			if !want[d.id][id] {
-				t.Errorf("device %s got message %s that was not sent to it", d.id, id)
-			}
-			if n != 1 {
-				t.Errorf("device %s handed message %s to the app %d times; the SDK must de-duplicate", d.id, id, n)
-			}
-		}
-		d.mu.Unlock()
-	}
+	expectExactly(t, all, want, 90*time.Second)
 	// Status survived the crash and settles to the truth.
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()

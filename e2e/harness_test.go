@@ -381,3 +381,81 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() (bo
 }
 
 func deviceID(i int) string { return fmt.Sprintf("dev-%05d", i) }
+
+// sendToEach sends perDevice messages to every device from 32 workers and
+// returns device id -> message ids.
+func sendToEach(t *testing.T, api *apiClient, ap app, devs []*device, perDevice int) map[string]map[string]bool {
+	t.Helper()
+	want := make(map[string]map[string]bool, len(devs))
+	for _, d := range devs {
+		want[d.id] = make(map[string]bool, perDevice)
+	}
+	var mu sync.Mutex
+	jobs := make(chan *device)
+	var wg sync.WaitGroup
+	for w := 0; w < 32; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for d := range jobs {
+				id, err := api.sendE(ap, sendReq{Audience: toDevices(d.id), Data: map[string]string{"to": d.id}})
+				if err != nil {
+					t.Error(err)
+					continue
+				}
+				mu.Lock()
+				want[d.id][id] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	start := time.Now()
+	for k := 0; k < perDevice; k++ {
+		for _, d := range devs {
+			jobs <- d
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	t.Logf("accepted %d messages in %s", perDevice*len(devs), time.Since(start))
+	if t.Failed() {
+		t.FailNow()
+	}
+	return want
+}
+
+// expectExactly waits until every device has exactly its messages, once.
+func expectExactly(t *testing.T, devs []*device, want map[string]map[string]bool, within time.Duration) {
+	t.Helper()
+	total := 0
+	for _, ids := range want {
+		total += len(ids)
+	}
+	start := time.Now()
+	defer func() { t.Logf("deliveries complete %s after the last send", time.Since(start)) }()
+	eventually(t, within, "every device has its messages", func() (bool, string) {
+		missing := 0
+		for _, d := range devs {
+			d.mu.Lock()
+			for id := range want[d.id] {
+				if d.seen[id] == 0 {
+					missing++
+				}
+			}
+			d.mu.Unlock()
+		}
+		return missing == 0, fmt.Sprintf("%d of %d missing", missing, total)
+	})
+	for _, d := range devs {
+		d.mu.Lock()
+		for id, n := range d.seen {
+			if !want[d.id][id] {
+				t.Errorf("device %s got message %s that was not sent to it", d.id, id)
+			}
+			if n != 1 {
+				t.Errorf("device %s handed message %s to the app %d times", d.id, id, n)
+			}
+		}
+		d.mu.Unlock()
+	}
+}
