@@ -63,58 +63,14 @@ func TestContractRealEtcd(t *testing.T) {
 }
 
 func TestRoutesOfDeadGatewayExpireRealEtcd(t *testing.T) {
-	const ttl = 2 * time.Second
 	liveCli := dialEtcd(t)
 	opts := testOptions(t, liveCli)
-	opts.LeaseTTL = ttl
-
-	live := etcdroute.New(liveCli, opts, testLogger())
+	live, deadDevs := deadGatewayRoutesExpire(t, liveCli, func() *clientv3.Client { return dialEtcd(t) }, opts, 20*time.Second)
 	defer live.Close()
-	liveDev := route.Key("app", "on-live-gateway")
-	liveRoute := route.Route{Node: "gw-live", ConnID: 1}
-	bind(t, live, liveDev, liveRoute) // granted first: expires first if not kept alive
 
-	// The gateway process that dies has its own connection to etcd.
-	deadCli := dialEtcd(t)
-	dead := etcdroute.New(deadCli, opts, testLogger())
-	var deadDevs []string
-	for i := range 5 {
-		d := route.Key("app", fmt.Sprintf("on-dead-gateway-%d", i))
-		deadDevs = append(deadDevs, d)
-		bind(t, dead, d, route.Route{Node: "gw-dead", ConnID: uint64(i)})
-	}
-	if got := lookup(t, live, deadDevs...); len(got) != len(deadDevs) {
-		t.Fatalf("routes of the gateway before it died: %v, want %d", got, len(deadDevs))
-	}
-	// Die without DropNode: keepalives stop, nothing is revoked.
-	died := time.Now()
-	if err := dead.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := deadCli.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	// etcd enforces at least its minimum TTL and may add up to an election
-	// timeout after a leader change; allow generously, but bounded.
-	deadline := time.Now().Add(ttl + 20*time.Second)
-	for len(lookup(t, live, deadDevs...)) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("routes of the dead gateway still there %v after it died (lease TTL %v)", time.Since(died), ttl)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if gone := time.Since(died); gone < ttl/2 {
-		t.Errorf("routes of the dead gateway vanished after %v, before the lease TTL %v", gone, ttl)
-	}
-	t.Logf("routes of the dead gateway vanished %v after it died (lease TTL %v)", time.Since(died), ttl)
-	// The live gateway's lease is older than the dead one's, and it is kept
-	// alive: its route is still there.
-	if got := lookup(t, live, liveDev); got[liveDev] != liveRoute {
-		t.Fatalf("route of the live gateway = %v, want %+v (kept alive past the TTL)", got, liveRoute)
-	}
 	// The dead node's lease record went with its lease: a restarted
 	// gateway of the same name binds again, and DropNode still works.
+	opts.LeaseTTL = 2 * time.Second
 	again := etcdroute.New(liveCli, opts, testLogger())
 	defer again.Close()
 	r := route.Route{Node: "gw-dead", ConnID: 100}
