@@ -74,6 +74,57 @@ func (Kind) EnumDescriptor() ([]byte, []int) {
 	return file_herald_device_v1_device_proto_rawDescGZIP(), []int{0}
 }
 
+type ReceiptEvent int32
+
+const (
+	ReceiptEvent_RECEIPT_EVENT_UNSPECIFIED ReceiptEvent = 0
+	// The user tapped the notification.
+	ReceiptEvent_RECEIPT_EVENT_CLICKED ReceiptEvent = 1
+	// The app was opened from the message (pass-through data handled).
+	ReceiptEvent_RECEIPT_EVENT_OPENED ReceiptEvent = 2
+)
+
+// Enum value maps for ReceiptEvent.
+var (
+	ReceiptEvent_name = map[int32]string{
+		0: "RECEIPT_EVENT_UNSPECIFIED",
+		1: "RECEIPT_EVENT_CLICKED",
+		2: "RECEIPT_EVENT_OPENED",
+	}
+	ReceiptEvent_value = map[string]int32{
+		"RECEIPT_EVENT_UNSPECIFIED": 0,
+		"RECEIPT_EVENT_CLICKED":     1,
+		"RECEIPT_EVENT_OPENED":      2,
+	}
+)
+
+func (x ReceiptEvent) Enum() *ReceiptEvent {
+	p := new(ReceiptEvent)
+	*p = x
+	return p
+}
+
+func (x ReceiptEvent) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReceiptEvent) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_device_v1_device_proto_enumTypes[1].Descriptor()
+}
+
+func (ReceiptEvent) Type() protoreflect.EnumType {
+	return &file_herald_device_v1_device_proto_enumTypes[1]
+}
+
+func (x ReceiptEvent) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReceiptEvent.Descriptor instead.
+func (ReceiptEvent) EnumDescriptor() ([]byte, []int) {
+	return file_herald_device_v1_device_proto_rawDescGZIP(), []int{1}
+}
+
 // Connect is the first frame a device sends.
 type Connect struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -88,8 +139,14 @@ type Connect struct {
 	ClientVersion string `protobuf:"bytes,6,opt,name=client_version,json=clientVersion,proto3" json:"client_version,omitempty"`
 	// Heartbeat interval the client asks for, in seconds (0 = server default).
 	HeartbeatSeconds uint32 `protobuf:"varint,7,opt,name=heartbeat_seconds,json=heartbeatSeconds,proto3" json:"heartbeat_seconds,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Broadcast cursor: the id of the newest broadcast/tag/topic message
+	// (Push.group = true) the client has received. On connect the gateway
+	// replays the app's group messages newer than this cursor (minus a
+	// look-back, see docs/protocol.md) that still match the device and have
+	// not expired. Empty = from the device's registration.
+	BroadcastCursor string `protobuf:"bytes,8,opt,name=broadcast_cursor,json=broadcastCursor,proto3" json:"broadcast_cursor,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Connect) Reset() {
@@ -169,6 +226,13 @@ func (x *Connect) GetHeartbeatSeconds() uint32 {
 		return x.HeartbeatSeconds
 	}
 	return 0
+}
+
+func (x *Connect) GetBroadcastCursor() string {
+	if x != nil {
+		return x.BroadcastCursor
+	}
+	return ""
 }
 
 // ConnAck answers a successful Connect.
@@ -256,9 +320,13 @@ type Notification struct {
 	Title string                 `protobuf:"bytes,1,opt,name=title,proto3" json:"title,omitempty"`
 	Body  string                 `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
 	// badge < 0 means "not set".
-	Badge         int32  `protobuf:"varint,3,opt,name=badge,proto3" json:"badge,omitempty"`
-	Sound         string `protobuf:"bytes,4,opt,name=sound,proto3" json:"sound,omitempty"`
-	ClickAction   string `protobuf:"bytes,5,opt,name=click_action,json=clickAction,proto3" json:"click_action,omitempty"`
+	Badge       int32  `protobuf:"varint,3,opt,name=badge,proto3" json:"badge,omitempty"`
+	Sound       string `protobuf:"bytes,4,opt,name=sound,proto3" json:"sound,omitempty"`
+	ClickAction string `protobuf:"bytes,5,opt,name=click_action,json=clickAction,proto3" json:"click_action,omitempty"`
+	// URL of an image to show with the notification.
+	Image string `protobuf:"bytes,6,opt,name=image,proto3" json:"image,omitempty"`
+	// Notification channel (Android) / category the app shows it in.
+	Channel       string `protobuf:"bytes,7,opt,name=channel,proto3" json:"channel,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -328,15 +396,32 @@ func (x *Notification) GetClickAction() string {
 	return ""
 }
 
+func (x *Notification) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *Notification) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
 // Push carries one message to the device. The device answers with Ack.
 type Push struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	MessageId     string                 `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
-	Kind          Kind                   `protobuf:"varint,2,opt,name=kind,proto3,enum=herald.device.v1.Kind" json:"kind,omitempty"`
-	Notification  *Notification          `protobuf:"bytes,3,opt,name=notification,proto3" json:"notification,omitempty"`
-	Data          map[string]string      `protobuf:"bytes,4,rep,name=data,proto3" json:"data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	SentAtMs      int64                  `protobuf:"varint,5,opt,name=sent_at_ms,json=sentAtMs,proto3" json:"sent_at_ms,omitempty"`
-	CollapseId    string                 `protobuf:"bytes,6,opt,name=collapse_id,json=collapseId,proto3" json:"collapse_id,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	MessageId    string                 `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	Kind         Kind                   `protobuf:"varint,2,opt,name=kind,proto3,enum=herald.device.v1.Kind" json:"kind,omitempty"`
+	Notification *Notification          `protobuf:"bytes,3,opt,name=notification,proto3" json:"notification,omitempty"`
+	Data         map[string]string      `protobuf:"bytes,4,rep,name=data,proto3" json:"data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	SentAtMs     int64                  `protobuf:"varint,5,opt,name=sent_at_ms,json=sentAtMs,proto3" json:"sent_at_ms,omitempty"`
+	CollapseId   string                 `protobuf:"bytes,6,opt,name=collapse_id,json=collapseId,proto3" json:"collapse_id,omitempty"`
+	// True for broadcast, tag and topic messages: the client advances its
+	// broadcast cursor (Connect.broadcast_cursor) past message_id.
+	Group         bool `protobuf:"varint,7,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -411,6 +496,13 @@ func (x *Push) GetCollapseId() string {
 		return x.CollapseId
 	}
 	return ""
+}
+
+func (x *Push) GetGroup() bool {
+	if x != nil {
+		return x.Group
+	}
+	return false
 }
 
 // Ack confirms that the device has received (and stored) the listed messages.
@@ -644,11 +736,225 @@ func (x *Disconnect) GetRedirect() string {
 	return ""
 }
 
+// Subscribe subscribes the device to topics, or unsubscribes it.
+// The gateway answers with SubAck.
+type Subscribe struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Topics        []string               `protobuf:"bytes,2,rep,name=topics,proto3" json:"topics,omitempty"`
+	Unsubscribe   bool                   `protobuf:"varint,3,opt,name=unsubscribe,proto3" json:"unsubscribe,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Subscribe) Reset() {
+	*x = Subscribe{}
+	mi := &file_herald_device_v1_device_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Subscribe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Subscribe) ProtoMessage() {}
+
+func (x *Subscribe) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_device_v1_device_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Subscribe.ProtoReflect.Descriptor instead.
+func (*Subscribe) Descriptor() ([]byte, []int) {
+	return file_herald_device_v1_device_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Subscribe) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *Subscribe) GetTopics() []string {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
+func (x *Subscribe) GetUnsubscribe() bool {
+	if x != nil {
+		return x.Unsubscribe
+	}
+	return false
+}
+
+type SubAck struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Empty on success; otherwise an error name (invalid_topic, unavailable).
+	Error         string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubAck) Reset() {
+	*x = SubAck{}
+	mi := &file_herald_device_v1_device_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubAck) ProtoMessage() {}
+
+func (x *SubAck) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_device_v1_device_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubAck.ProtoReflect.Descriptor instead.
+func (*SubAck) Descriptor() ([]byte, []int) {
+	return file_herald_device_v1_device_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SubAck) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *SubAck) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// Receipt reports what the user did with messages. No answer.
+type Receipt struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MessageIds    []string               `protobuf:"bytes,1,rep,name=message_ids,json=messageIds,proto3" json:"message_ids,omitempty"`
+	Event         ReceiptEvent           `protobuf:"varint,2,opt,name=event,proto3,enum=herald.device.v1.ReceiptEvent" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Receipt) Reset() {
+	*x = Receipt{}
+	mi := &file_herald_device_v1_device_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Receipt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Receipt) ProtoMessage() {}
+
+func (x *Receipt) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_device_v1_device_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
+func (*Receipt) Descriptor() ([]byte, []int) {
+	return file_herald_device_v1_device_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Receipt) GetMessageIds() []string {
+	if x != nil {
+		return x.MessageIds
+	}
+	return nil
+}
+
+func (x *Receipt) GetEvent() ReceiptEvent {
+	if x != nil {
+		return x.Event
+	}
+	return ReceiptEvent_RECEIPT_EVENT_UNSPECIFIED
+}
+
+// SetBadge sets the device's server-side badge counter (0 resets it), the
+// base for "badge": "+1" sends. No answer.
+type SetBadge struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Badge         int32                  `protobuf:"varint,1,opt,name=badge,proto3" json:"badge,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetBadge) Reset() {
+	*x = SetBadge{}
+	mi := &file_herald_device_v1_device_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetBadge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetBadge) ProtoMessage() {}
+
+func (x *SetBadge) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_device_v1_device_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetBadge.ProtoReflect.Descriptor instead.
+func (*SetBadge) Descriptor() ([]byte, []int) {
+	return file_herald_device_v1_device_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SetBadge) GetBadge() int32 {
+	if x != nil {
+		return x.Badge
+	}
+	return 0
+}
+
 var File_herald_device_v1_device_proto protoreflect.FileDescriptor
 
 const file_herald_device_v1_device_proto_rawDesc = "" +
 	"\n" +
-	"\x1dherald/device/v1/device.proto\x12\x10herald.device.v1\"\x86\x02\n" +
+	"\x1dherald/device/v1/device.proto\x12\x10herald.device.v1\"\xb1\x02\n" +
 	"\aConnect\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x17\n" +
 	"\aapp_key\x18\x02 \x01(\tR\x06appKey\x12\x1b\n" +
@@ -656,20 +962,23 @@ const file_herald_device_v1_device_proto_rawDesc = "" +
 	"\fdevice_token\x18\x04 \x01(\tR\vdeviceToken\x12#\n" +
 	"\rresume_cursor\x18\x05 \x01(\tR\fresumeCursor\x12%\n" +
 	"\x0eclient_version\x18\x06 \x01(\tR\rclientVersion\x12+\n" +
-	"\x11heartbeat_seconds\x18\a \x01(\rR\x10heartbeatSeconds\"\xce\x01\n" +
+	"\x11heartbeat_seconds\x18\a \x01(\rR\x10heartbeatSeconds\x12)\n" +
+	"\x10broadcast_cursor\x18\b \x01(\tR\x0fbroadcastCursor\"\xce\x01\n" +
 	"\aConnAck\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12+\n" +
 	"\x11heartbeat_seconds\x18\x02 \x01(\rR\x10heartbeatSeconds\x12$\n" +
 	"\x0eserver_time_ms\x18\x03 \x01(\x03R\fserverTimeMs\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x04 \x01(\tR\tsessionId\x12&\n" +
-	"\x0fmax_frame_bytes\x18\x05 \x01(\rR\rmaxFrameBytes\"\x87\x01\n" +
+	"\x0fmax_frame_bytes\x18\x05 \x01(\rR\rmaxFrameBytes\"\xb7\x01\n" +
 	"\fNotification\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\tR\x04body\x12\x14\n" +
 	"\x05badge\x18\x03 \x01(\x05R\x05badge\x12\x14\n" +
 	"\x05sound\x18\x04 \x01(\tR\x05sound\x12!\n" +
-	"\fclick_action\x18\x05 \x01(\tR\vclickAction\"\xc3\x02\n" +
+	"\fclick_action\x18\x05 \x01(\tR\vclickAction\x12\x14\n" +
+	"\x05image\x18\x06 \x01(\tR\x05image\x12\x18\n" +
+	"\achannel\x18\a \x01(\tR\achannel\"\xd9\x02\n" +
 	"\x04Push\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12*\n" +
@@ -679,7 +988,8 @@ const file_herald_device_v1_device_proto_rawDesc = "" +
 	"\n" +
 	"sent_at_ms\x18\x05 \x01(\x03R\bsentAtMs\x12\x1f\n" +
 	"\vcollapse_id\x18\x06 \x01(\tR\n" +
-	"collapseId\x1a7\n" +
+	"collapseId\x12\x14\n" +
+	"\x05group\x18\a \x01(\bR\x05group\x1a7\n" +
 	"\tDataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"&\n" +
@@ -700,11 +1010,30 @@ const file_herald_device_v1_device_proto_rawDesc = "" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12$\n" +
 	"\x0eretry_after_ms\x18\x03 \x01(\rR\fretryAfterMs\x12\x1a\n" +
-	"\bredirect\x18\x04 \x01(\tR\bredirect*B\n" +
+	"\bredirect\x18\x04 \x01(\tR\bredirect\"d\n" +
+	"\tSubscribe\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x16\n" +
+	"\x06topics\x18\x02 \x03(\tR\x06topics\x12 \n" +
+	"\vunsubscribe\x18\x03 \x01(\bR\vunsubscribe\"=\n" +
+	"\x06SubAck\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"`\n" +
+	"\aReceipt\x12\x1f\n" +
+	"\vmessage_ids\x18\x01 \x03(\tR\n" +
+	"messageIds\x124\n" +
+	"\x05event\x18\x02 \x01(\x0e2\x1e.herald.device.v1.ReceiptEventR\x05event\" \n" +
+	"\bSetBadge\x12\x14\n" +
+	"\x05badge\x18\x01 \x01(\x05R\x05badge*B\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11KIND_NOTIFICATION\x10\x01\x12\r\n" +
-	"\tKIND_DATA\x10\x02B4Z2github.com/heraldpush/herald/api/devicev1;devicev1b\x06proto3"
+	"\tKIND_DATA\x10\x02*b\n" +
+	"\fReceiptEvent\x12\x1d\n" +
+	"\x19RECEIPT_EVENT_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15RECEIPT_EVENT_CLICKED\x10\x01\x12\x18\n" +
+	"\x14RECEIPT_EVENT_OPENED\x10\x02B4Z2github.com/heraldpush/herald/api/devicev1;devicev1b\x06proto3"
 
 var (
 	file_herald_device_v1_device_proto_rawDescOnce sync.Once
@@ -718,29 +1047,35 @@ func file_herald_device_v1_device_proto_rawDescGZIP() []byte {
 	return file_herald_device_v1_device_proto_rawDescData
 }
 
-var file_herald_device_v1_device_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_device_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_herald_device_v1_device_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_herald_device_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_herald_device_v1_device_proto_goTypes = []any{
 	(Kind)(0),            // 0: herald.device.v1.Kind
-	(*Connect)(nil),      // 1: herald.device.v1.Connect
-	(*ConnAck)(nil),      // 2: herald.device.v1.ConnAck
-	(*Notification)(nil), // 3: herald.device.v1.Notification
-	(*Push)(nil),         // 4: herald.device.v1.Push
-	(*Ack)(nil),          // 5: herald.device.v1.Ack
-	(*Upstream)(nil),     // 6: herald.device.v1.Upstream
-	(*UpAck)(nil),        // 7: herald.device.v1.UpAck
-	(*Disconnect)(nil),   // 8: herald.device.v1.Disconnect
-	nil,                  // 9: herald.device.v1.Push.DataEntry
+	(ReceiptEvent)(0),    // 1: herald.device.v1.ReceiptEvent
+	(*Connect)(nil),      // 2: herald.device.v1.Connect
+	(*ConnAck)(nil),      // 3: herald.device.v1.ConnAck
+	(*Notification)(nil), // 4: herald.device.v1.Notification
+	(*Push)(nil),         // 5: herald.device.v1.Push
+	(*Ack)(nil),          // 6: herald.device.v1.Ack
+	(*Upstream)(nil),     // 7: herald.device.v1.Upstream
+	(*UpAck)(nil),        // 8: herald.device.v1.UpAck
+	(*Disconnect)(nil),   // 9: herald.device.v1.Disconnect
+	(*Subscribe)(nil),    // 10: herald.device.v1.Subscribe
+	(*SubAck)(nil),       // 11: herald.device.v1.SubAck
+	(*Receipt)(nil),      // 12: herald.device.v1.Receipt
+	(*SetBadge)(nil),     // 13: herald.device.v1.SetBadge
+	nil,                  // 14: herald.device.v1.Push.DataEntry
 }
 var file_herald_device_v1_device_proto_depIdxs = []int32{
-	0, // 0: herald.device.v1.Push.kind:type_name -> herald.device.v1.Kind
-	3, // 1: herald.device.v1.Push.notification:type_name -> herald.device.v1.Notification
-	9, // 2: herald.device.v1.Push.data:type_name -> herald.device.v1.Push.DataEntry
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	0,  // 0: herald.device.v1.Push.kind:type_name -> herald.device.v1.Kind
+	4,  // 1: herald.device.v1.Push.notification:type_name -> herald.device.v1.Notification
+	14, // 2: herald.device.v1.Push.data:type_name -> herald.device.v1.Push.DataEntry
+	1,  // 3: herald.device.v1.Receipt.event:type_name -> herald.device.v1.ReceiptEvent
+	4,  // [4:4] is the sub-list for method output_type
+	4,  // [4:4] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_herald_device_v1_device_proto_init() }
@@ -753,8 +1088,8 @@ func file_herald_device_v1_device_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_device_v1_device_proto_rawDesc), len(file_herald_device_v1_device_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   9,
+			NumEnums:      2,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -30,6 +30,10 @@ const (
 	TypeUpstream   Type = 7
 	TypeUpAck      Type = 8
 	TypeDisconnect Type = 9
+	TypeSubscribe  Type = 10 // device -> server: topic (un)subscription
+	TypeSubAck     Type = 11 // server -> device: answer to SUBSCRIBE
+	TypeReceipt    Type = 12 // device -> server: clicked / opened
+	TypeSetBadge   Type = 13 // device -> server: set the badge counter
 )
 
 // ProtocolVersion is the device protocol version this package speaks.
@@ -41,7 +45,7 @@ const DefaultMaxFrame = 64 << 10
 // MaxHeader is the largest header: a 5-byte uvarint length (lengths fit in 32 bits) and the type byte.
 const MaxHeader = binary.MaxVarintLen32 + 1
 
-var typeNames = [...]string{"", "CONNECT", "CONNACK", "PING", "PONG", "PUSH", "ACK", "UPSTREAM", "UPACK", "DISCONNECT"}
+var typeNames = [...]string{"", "CONNECT", "CONNACK", "PING", "PONG", "PUSH", "ACK", "UPSTREAM", "UPACK", "DISCONNECT", "SUBSCRIBE", "SUBACK", "RECEIPT", "SETBADGE"}
 
 func (t Type) String() string {
 	if t.Valid() {
@@ -51,7 +55,7 @@ func (t Type) String() string {
 }
 
 // Valid reports whether t is a frame type of this protocol version.
-func (t Type) Valid() bool { return t >= TypeConnect && t <= TypeDisconnect }
+func (t Type) Valid() bool { return t >= TypeConnect && t <= TypeSetBadge }
 
 // Errors returned by the decoder. They all mean the peer is broken: the
 // connection is closed with the matching close code.

@@ -325,9 +325,17 @@ func (*DeleteDeviceResponse) Descriptor() ([]byte, []int) {
 	return file_herald_v1_herald_proto_rawDescGZIP(), []int{5}
 }
 
+// Audience: exactly one of device_ids, aliases, tags, topic, all.
 type Audience struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DeviceIds     []string               `protobuf:"bytes,1,rep,name=device_ids,json=deviceIds,proto3" json:"device_ids,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	DeviceIds []string               `protobuf:"bytes,1,rep,name=device_ids,json=deviceIds,proto3" json:"device_ids,omitempty"`
+	Aliases   []string               `protobuf:"bytes,2,rep,name=aliases,proto3" json:"aliases,omitempty"`
+	// Tag expression: tags with &&, ||, ! and parentheses.
+	Tags  string `protobuf:"bytes,3,opt,name=tags,proto3" json:"tags,omitempty"`
+	Topic string `protobuf:"bytes,4,opt,name=topic,proto3" json:"topic,omitempty"`
+	All   bool   `protobuf:"varint,5,opt,name=all,proto3" json:"all,omitempty"`
+	// Optional filter on any audience: android | ios | web | other.
+	Platform      string `protobuf:"bytes,6,opt,name=platform,proto3" json:"platform,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -369,14 +377,54 @@ func (x *Audience) GetDeviceIds() []string {
 	return nil
 }
 
+func (x *Audience) GetAliases() []string {
+	if x != nil {
+		return x.Aliases
+	}
+	return nil
+}
+
+func (x *Audience) GetTags() string {
+	if x != nil {
+		return x.Tags
+	}
+	return ""
+}
+
+func (x *Audience) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *Audience) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+func (x *Audience) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
 type Notification struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Title string                 `protobuf:"bytes,1,opt,name=title,proto3" json:"title,omitempty"`
 	Body  string                 `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
 	// Absent = not set.
-	Badge         *int32 `protobuf:"varint,3,opt,name=badge,proto3,oneof" json:"badge,omitempty"`
-	Sound         string `protobuf:"bytes,4,opt,name=sound,proto3" json:"sound,omitempty"`
-	ClickAction   string `protobuf:"bytes,5,opt,name=click_action,json=clickAction,proto3" json:"click_action,omitempty"`
+	Badge       *int32 `protobuf:"varint,3,opt,name=badge,proto3,oneof" json:"badge,omitempty"`
+	Sound       string `protobuf:"bytes,4,opt,name=sound,proto3" json:"sound,omitempty"`
+	ClickAction string `protobuf:"bytes,5,opt,name=click_action,json=clickAction,proto3" json:"click_action,omitempty"`
+	Image       string `protobuf:"bytes,6,opt,name=image,proto3" json:"image,omitempty"`
+	Channel     string `protobuf:"bytes,7,opt,name=channel,proto3" json:"channel,omitempty"`
+	// Absent = not set. Adds to the device's badge counter ("+1" in REST);
+	// exclusive with badge.
+	BadgeAdd      *int32 `protobuf:"varint,8,opt,name=badge_add,json=badgeAdd,proto3,oneof" json:"badge_add,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -446,6 +494,27 @@ func (x *Notification) GetClickAction() string {
 	return ""
 }
 
+func (x *Notification) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *Notification) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *Notification) GetBadgeAdd() int32 {
+	if x != nil && x.BadgeAdd != nil {
+		return *x.BadgeAdd
+	}
+	return 0
+}
+
 type Options struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Absent = default (1 day). 0 = deliver to online devices only.
@@ -454,8 +523,12 @@ type Options struct {
 	Priority       string `protobuf:"bytes,2,opt,name=priority,proto3" json:"priority,omitempty"`
 	CollapseId     string `protobuf:"bytes,3,opt,name=collapse_id,json=collapseId,proto3" json:"collapse_id,omitempty"`
 	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// RFC 3339 time to send at, up to 7 days ahead; "" = now.
+	SendAt string `protobuf:"bytes,5,opt,name=send_at,json=sendAt,proto3" json:"send_at,omitempty"`
+	// Group audiences: spread deliveries evenly over this many seconds.
+	SpreadOverSeconds int64 `protobuf:"varint,6,opt,name=spread_over_seconds,json=spreadOverSeconds,proto3" json:"spread_over_seconds,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Options) Reset() {
@@ -514,6 +587,20 @@ func (x *Options) GetIdempotencyKey() string {
 		return x.IdempotencyKey
 	}
 	return ""
+}
+
+func (x *Options) GetSendAt() string {
+	if x != nil {
+		return x.SendAt
+	}
+	return ""
+}
+
+func (x *Options) GetSpreadOverSeconds() int64 {
+	if x != nil {
+		return x.SpreadOverSeconds
+	}
+	return 0
 }
 
 type SendMessageRequest struct {
@@ -589,8 +676,12 @@ type SendMessageResponse struct {
 	MessageId string                 `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	// Targets that are not registered devices of the app; counted as failed.
 	InvalidDeviceIds []string `protobuf:"bytes,2,rep,name=invalid_device_ids,json=invalidDeviceIds,proto3" json:"invalid_device_ids,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Devices over the app's daily notification cap; counted as failed.
+	CappedDeviceIds []string `protobuf:"bytes,3,rep,name=capped_device_ids,json=cappedDeviceIds,proto3" json:"capped_device_ids,omitempty"`
+	// accepted | scheduled
+	State         string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SendMessageResponse) Reset() {
@@ -635,6 +726,20 @@ func (x *SendMessageResponse) GetInvalidDeviceIds() []string {
 		return x.InvalidDeviceIds
 	}
 	return nil
+}
+
+func (x *SendMessageResponse) GetCappedDeviceIds() []string {
+	if x != nil {
+		return x.CappedDeviceIds
+	}
+	return nil
+}
+
+func (x *SendMessageResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
 }
 
 type GetMessageRequest struct {
@@ -689,6 +794,8 @@ type Counts struct {
 	Expired       int64                  `protobuf:"varint,4,opt,name=expired,proto3" json:"expired,omitempty"`
 	Failed        int64                  `protobuf:"varint,5,opt,name=failed,proto3" json:"failed,omitempty"`
 	Collapsed     int64                  `protobuf:"varint,6,opt,name=collapsed,proto3" json:"collapsed,omitempty"`
+	Clicked       int64                  `protobuf:"varint,7,opt,name=clicked,proto3" json:"clicked,omitempty"`
+	Recalled      int64                  `protobuf:"varint,8,opt,name=recalled,proto3" json:"recalled,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -765,12 +872,30 @@ func (x *Counts) GetCollapsed() int64 {
 	return 0
 }
 
+func (x *Counts) GetClicked() int64 {
+	if x != nil {
+		return x.Clicked
+	}
+	return 0
+}
+
+func (x *Counts) GetRecalled() int64 {
+	if x != nil {
+		return x.Recalled
+	}
+	return 0
+}
+
 type GetMessageResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	MessageId string                 `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
-	// sending | done
-	State         string  `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	Counts        *Counts `protobuf:"bytes,3,opt,name=counts,proto3" json:"counts,omitempty"`
+	// scheduled | sending | done | cancelled | recalled
+	State  string  `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	Counts *Counts `protobuf:"bytes,3,opt,name=counts,proto3" json:"counts,omitempty"`
+	// devices | aliases | tags | topic | all
+	Audience string `protobuf:"bytes,4,opt,name=audience,proto3" json:"audience,omitempty"`
+	// RFC 3339; set for scheduled messages.
+	SendAt        string `protobuf:"bytes,5,opt,name=send_at,json=sendAt,proto3" json:"send_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -826,6 +951,896 @@ func (x *GetMessageResponse) GetCounts() *Counts {
 	return nil
 }
 
+func (x *GetMessageResponse) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *GetMessageResponse) GetSendAt() string {
+	if x != nil {
+		return x.SendAt
+	}
+	return ""
+}
+
+type CancelMessageRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MessageId     string                 `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelMessageRequest) Reset() {
+	*x = CancelMessageRequest{}
+	mi := &file_herald_v1_herald_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelMessageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelMessageRequest) ProtoMessage() {}
+
+func (x *CancelMessageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelMessageRequest.ProtoReflect.Descriptor instead.
+func (*CancelMessageRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CancelMessageRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+type CancelMessageResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	MessageId string                 `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// cancelled | recalled
+	State         string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelMessageResponse) Reset() {
+	*x = CancelMessageResponse{}
+	mi := &file_herald_v1_herald_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelMessageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelMessageResponse) ProtoMessage() {}
+
+func (x *CancelMessageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelMessageResponse.ProtoReflect.Descriptor instead.
+func (*CancelMessageResponse) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CancelMessageResponse) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *CancelMessageResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+type Device struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Platform      string                 `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
+	Alias         string                 `protobuf:"bytes,3,opt,name=alias,proto3" json:"alias,omitempty"`
+	Tags          []string               `protobuf:"bytes,4,rep,name=tags,proto3" json:"tags,omitempty"`
+	Topics        []string               `protobuf:"bytes,5,rep,name=topics,proto3" json:"topics,omitempty"`
+	Badge         int32                  `protobuf:"varint,6,opt,name=badge,proto3" json:"badge,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Device) Reset() {
+	*x = Device{}
+	mi := &file_herald_v1_herald_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Device) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Device) ProtoMessage() {}
+
+func (x *Device) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Device.ProtoReflect.Descriptor instead.
+func (*Device) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Device) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *Device) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+func (x *Device) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
+}
+
+func (x *Device) GetTags() []string {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *Device) GetTopics() []string {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
+func (x *Device) GetBadge() int32 {
+	if x != nil {
+		return x.Badge
+	}
+	return 0
+}
+
+type GetDeviceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDeviceRequest) Reset() {
+	*x = GetDeviceRequest{}
+	mi := &file_herald_v1_herald_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDeviceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDeviceRequest) ProtoMessage() {}
+
+func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDeviceRequest.ProtoReflect.Descriptor instead.
+func (*GetDeviceRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GetDeviceRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+type SetAliasRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Alias         string                 `protobuf:"bytes,2,opt,name=alias,proto3" json:"alias,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetAliasRequest) Reset() {
+	*x = SetAliasRequest{}
+	mi := &file_herald_v1_herald_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetAliasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetAliasRequest) ProtoMessage() {}
+
+func (x *SetAliasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetAliasRequest.ProtoReflect.Descriptor instead.
+func (*SetAliasRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SetAliasRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *SetAliasRequest) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
+}
+
+type UpdateTagsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceIds     []string               `protobuf:"bytes,1,rep,name=device_ids,json=deviceIds,proto3" json:"device_ids,omitempty"`
+	Add           []string               `protobuf:"bytes,2,rep,name=add,proto3" json:"add,omitempty"`
+	Remove        []string               `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateTagsRequest) Reset() {
+	*x = UpdateTagsRequest{}
+	mi := &file_herald_v1_herald_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateTagsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateTagsRequest) ProtoMessage() {}
+
+func (x *UpdateTagsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateTagsRequest.ProtoReflect.Descriptor instead.
+func (*UpdateTagsRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *UpdateTagsRequest) GetDeviceIds() []string {
+	if x != nil {
+		return x.DeviceIds
+	}
+	return nil
+}
+
+func (x *UpdateTagsRequest) GetAdd() []string {
+	if x != nil {
+		return x.Add
+	}
+	return nil
+}
+
+func (x *UpdateTagsRequest) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+type UpdateTagsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Listed device ids that are not registered; nothing changed for them.
+	InvalidDeviceIds []string `protobuf:"bytes,1,rep,name=invalid_device_ids,json=invalidDeviceIds,proto3" json:"invalid_device_ids,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *UpdateTagsResponse) Reset() {
+	*x = UpdateTagsResponse{}
+	mi := &file_herald_v1_herald_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateTagsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateTagsResponse) ProtoMessage() {}
+
+func (x *UpdateTagsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateTagsResponse.ProtoReflect.Descriptor instead.
+func (*UpdateTagsResponse) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *UpdateTagsResponse) GetInvalidDeviceIds() []string {
+	if x != nil {
+		return x.InvalidDeviceIds
+	}
+	return nil
+}
+
+type UpdateTopicsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Subscribe     []string               `protobuf:"bytes,2,rep,name=subscribe,proto3" json:"subscribe,omitempty"`
+	Unsubscribe   []string               `protobuf:"bytes,3,rep,name=unsubscribe,proto3" json:"unsubscribe,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateTopicsRequest) Reset() {
+	*x = UpdateTopicsRequest{}
+	mi := &file_herald_v1_herald_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateTopicsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateTopicsRequest) ProtoMessage() {}
+
+func (x *UpdateTopicsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateTopicsRequest.ProtoReflect.Descriptor instead.
+func (*UpdateTopicsRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *UpdateTopicsRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *UpdateTopicsRequest) GetSubscribe() []string {
+	if x != nil {
+		return x.Subscribe
+	}
+	return nil
+}
+
+func (x *UpdateTopicsRequest) GetUnsubscribe() []string {
+	if x != nil {
+		return x.Unsubscribe
+	}
+	return nil
+}
+
+type SetBadgeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Badge         int32                  `protobuf:"varint,2,opt,name=badge,proto3" json:"badge,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetBadgeRequest) Reset() {
+	*x = SetBadgeRequest{}
+	mi := &file_herald_v1_herald_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetBadgeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetBadgeRequest) ProtoMessage() {}
+
+func (x *SetBadgeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetBadgeRequest.ProtoReflect.Descriptor instead.
+func (*SetBadgeRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *SetBadgeRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *SetBadgeRequest) GetBadge() int32 {
+	if x != nil {
+		return x.Badge
+	}
+	return 0
+}
+
+type GetStatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// RFC 3339, inclusive / exclusive; rounded down to the granularity.
+	From string `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	To   string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	// hour | day
+	Granularity   string `protobuf:"bytes,3,opt,name=granularity,proto3" json:"granularity,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatsRequest) Reset() {
+	*x = GetStatsRequest{}
+	mi := &file_herald_v1_herald_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatsRequest) ProtoMessage() {}
+
+func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
+func (*GetStatsRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GetStatsRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *GetStatsRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *GetStatsRequest) GetGranularity() string {
+	if x != nil {
+		return x.Granularity
+	}
+	return ""
+}
+
+type StatsBucket struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// RFC 3339 start of the bucket.
+	Start     string `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	Sent      int64  `protobuf:"varint,2,opt,name=sent,proto3" json:"sent,omitempty"`
+	Delivered int64  `protobuf:"varint,3,opt,name=delivered,proto3" json:"delivered,omitempty"`
+	Clicked   int64  `protobuf:"varint,4,opt,name=clicked,proto3" json:"clicked,omitempty"`
+	// delivered / sent (0 when nothing was sent).
+	ArrivalRate   float64 `protobuf:"fixed64,5,opt,name=arrival_rate,json=arrivalRate,proto3" json:"arrival_rate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsBucket) Reset() {
+	*x = StatsBucket{}
+	mi := &file_herald_v1_herald_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsBucket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsBucket) ProtoMessage() {}
+
+func (x *StatsBucket) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsBucket.ProtoReflect.Descriptor instead.
+func (*StatsBucket) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *StatsBucket) GetStart() string {
+	if x != nil {
+		return x.Start
+	}
+	return ""
+}
+
+func (x *StatsBucket) GetSent() int64 {
+	if x != nil {
+		return x.Sent
+	}
+	return 0
+}
+
+func (x *StatsBucket) GetDelivered() int64 {
+	if x != nil {
+		return x.Delivered
+	}
+	return 0
+}
+
+func (x *StatsBucket) GetClicked() int64 {
+	if x != nil {
+		return x.Clicked
+	}
+	return 0
+}
+
+func (x *StatsBucket) GetArrivalRate() float64 {
+	if x != nil {
+		return x.ArrivalRate
+	}
+	return 0
+}
+
+type GetStatsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Granularity   string                 `protobuf:"bytes,1,opt,name=granularity,proto3" json:"granularity,omitempty"`
+	Buckets       []*StatsBucket         `protobuf:"bytes,2,rep,name=buckets,proto3" json:"buckets,omitempty"`
+	Total         *StatsBucket           `protobuf:"bytes,3,opt,name=total,proto3" json:"total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatsResponse) Reset() {
+	*x = GetStatsResponse{}
+	mi := &file_herald_v1_herald_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatsResponse) ProtoMessage() {}
+
+func (x *GetStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatsResponse.ProtoReflect.Descriptor instead.
+func (*GetStatsResponse) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *GetStatsResponse) GetGranularity() string {
+	if x != nil {
+		return x.Granularity
+	}
+	return ""
+}
+
+func (x *GetStatsResponse) GetBuckets() []*StatsBucket {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
+func (x *GetStatsResponse) GetTotal() *StatsBucket {
+	if x != nil {
+		return x.Total
+	}
+	return nil
+}
+
+type UpdateSettingsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Absent = unchanged; "" = no webhook.
+	WebhookUrl    *string `protobuf:"bytes,1,opt,name=webhook_url,json=webhookUrl,proto3,oneof" json:"webhook_url,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateSettingsRequest) Reset() {
+	*x = UpdateSettingsRequest{}
+	mi := &file_herald_v1_herald_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateSettingsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateSettingsRequest) ProtoMessage() {}
+
+func (x *UpdateSettingsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateSettingsRequest.ProtoReflect.Descriptor instead.
+func (*UpdateSettingsRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *UpdateSettingsRequest) GetWebhookUrl() string {
+	if x != nil && x.WebhookUrl != nil {
+		return *x.WebhookUrl
+	}
+	return ""
+}
+
+type UpdateAppRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	AppId string                 `protobuf:"bytes,1,opt,name=app_id,json=appId,proto3" json:"app_id,omitempty"`
+	// Absent = unchanged; 0 = the server default / no cap.
+	RateLimitPerSecond   *int32  `protobuf:"varint,2,opt,name=rate_limit_per_second,json=rateLimitPerSecond,proto3,oneof" json:"rate_limit_per_second,omitempty"`
+	DailyNotificationCap *int32  `protobuf:"varint,3,opt,name=daily_notification_cap,json=dailyNotificationCap,proto3,oneof" json:"daily_notification_cap,omitempty"`
+	WebhookUrl           *string `protobuf:"bytes,4,opt,name=webhook_url,json=webhookUrl,proto3,oneof" json:"webhook_url,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *UpdateAppRequest) Reset() {
+	*x = UpdateAppRequest{}
+	mi := &file_herald_v1_herald_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateAppRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateAppRequest) ProtoMessage() {}
+
+func (x *UpdateAppRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateAppRequest.ProtoReflect.Descriptor instead.
+func (*UpdateAppRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *UpdateAppRequest) GetAppId() string {
+	if x != nil {
+		return x.AppId
+	}
+	return ""
+}
+
+func (x *UpdateAppRequest) GetRateLimitPerSecond() int32 {
+	if x != nil && x.RateLimitPerSecond != nil {
+		return *x.RateLimitPerSecond
+	}
+	return 0
+}
+
+func (x *UpdateAppRequest) GetDailyNotificationCap() int32 {
+	if x != nil && x.DailyNotificationCap != nil {
+		return *x.DailyNotificationCap
+	}
+	return 0
+}
+
+func (x *UpdateAppRequest) GetWebhookUrl() string {
+	if x != nil && x.WebhookUrl != nil {
+		return *x.WebhookUrl
+	}
+	return ""
+}
+
+type AppSettings struct {
+	state                protoimpl.MessageState `protogen:"open.v1"`
+	AppId                string                 `protobuf:"bytes,1,opt,name=app_id,json=appId,proto3" json:"app_id,omitempty"`
+	WebhookUrl           string                 `protobuf:"bytes,2,opt,name=webhook_url,json=webhookUrl,proto3" json:"webhook_url,omitempty"`
+	RateLimitPerSecond   int32                  `protobuf:"varint,3,opt,name=rate_limit_per_second,json=rateLimitPerSecond,proto3" json:"rate_limit_per_second,omitempty"`
+	DailyNotificationCap int32                  `protobuf:"varint,4,opt,name=daily_notification_cap,json=dailyNotificationCap,proto3" json:"daily_notification_cap,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *AppSettings) Reset() {
+	*x = AppSettings{}
+	mi := &file_herald_v1_herald_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppSettings) ProtoMessage() {}
+
+func (x *AppSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppSettings.ProtoReflect.Descriptor instead.
+func (*AppSettings) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *AppSettings) GetAppId() string {
+	if x != nil {
+		return x.AppId
+	}
+	return ""
+}
+
+func (x *AppSettings) GetWebhookUrl() string {
+	if x != nil {
+		return x.WebhookUrl
+	}
+	return ""
+}
+
+func (x *AppSettings) GetRateLimitPerSecond() int32 {
+	if x != nil {
+		return x.RateLimitPerSecond
+	}
+	return 0
+}
+
+func (x *AppSettings) GetDailyNotificationCap() int32 {
+	if x != nil {
+		return x.DailyNotificationCap
+	}
+	return 0
+}
+
 var File_herald_v1_herald_proto protoreflect.FileDescriptor
 
 const file_herald_v1_herald_proto_rawDesc = "" +
@@ -847,24 +1862,36 @@ const file_herald_v1_herald_proto_rawDesc = "" +
 	"\fdevice_token\x18\x02 \x01(\tR\vdeviceToken\"2\n" +
 	"\x13DeleteDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"\x16\n" +
-	"\x14DeleteDeviceResponse\")\n" +
+	"\x14DeleteDeviceResponse\"\x9b\x01\n" +
 	"\bAudience\x12\x1d\n" +
 	"\n" +
-	"device_ids\x18\x01 \x03(\tR\tdeviceIds\"\x96\x01\n" +
+	"device_ids\x18\x01 \x03(\tR\tdeviceIds\x12\x18\n" +
+	"\aaliases\x18\x02 \x03(\tR\aaliases\x12\x12\n" +
+	"\x04tags\x18\x03 \x01(\tR\x04tags\x12\x14\n" +
+	"\x05topic\x18\x04 \x01(\tR\x05topic\x12\x10\n" +
+	"\x03all\x18\x05 \x01(\bR\x03all\x12\x1a\n" +
+	"\bplatform\x18\x06 \x01(\tR\bplatform\"\xf6\x01\n" +
 	"\fNotification\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\tR\x04body\x12\x19\n" +
 	"\x05badge\x18\x03 \x01(\x05H\x00R\x05badge\x88\x01\x01\x12\x14\n" +
 	"\x05sound\x18\x04 \x01(\tR\x05sound\x12!\n" +
-	"\fclick_action\x18\x05 \x01(\tR\vclickActionB\b\n" +
-	"\x06_badge\"\xa5\x01\n" +
+	"\fclick_action\x18\x05 \x01(\tR\vclickAction\x12\x14\n" +
+	"\x05image\x18\x06 \x01(\tR\x05image\x12\x18\n" +
+	"\achannel\x18\a \x01(\tR\achannel\x12 \n" +
+	"\tbadge_add\x18\b \x01(\x05H\x01R\bbadgeAdd\x88\x01\x01B\b\n" +
+	"\x06_badgeB\f\n" +
+	"\n" +
+	"_badge_add\"\xee\x01\n" +
 	"\aOptions\x12$\n" +
 	"\vttl_seconds\x18\x01 \x01(\x03H\x00R\n" +
 	"ttlSeconds\x88\x01\x01\x12\x1a\n" +
 	"\bpriority\x18\x02 \x01(\tR\bpriority\x12\x1f\n" +
 	"\vcollapse_id\x18\x03 \x01(\tR\n" +
 	"collapseId\x12'\n" +
-	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKeyB\x0e\n" +
+	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x12\x17\n" +
+	"\asend_at\x18\x05 \x01(\tR\x06sendAt\x12.\n" +
+	"\x13spread_over_seconds\x18\x06 \x01(\x03R\x11spreadOverSecondsB\x0e\n" +
 	"\f_ttl_seconds\"\xa6\x02\n" +
 	"\x12SendMessageRequest\x12/\n" +
 	"\baudience\x18\x01 \x01(\v2\x13.herald.v1.AudienceR\baudience\x12;\n" +
@@ -873,33 +1900,115 @@ const file_herald_v1_herald_proto_rawDesc = "" +
 	"\aoptions\x18\x04 \x01(\v2\x12.herald.v1.OptionsR\aoptions\x1a7\n" +
 	"\tDataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"b\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa4\x01\n" +
 	"\x13SendMessageResponse\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12,\n" +
-	"\x12invalid_device_ids\x18\x02 \x03(\tR\x10invalidDeviceIds\"2\n" +
+	"\x12invalid_device_ids\x18\x02 \x03(\tR\x10invalidDeviceIds\x12*\n" +
+	"\x11capped_device_ids\x18\x03 \x03(\tR\x0fcappedDeviceIds\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\"2\n" +
 	"\x11GetMessageRequest\x12\x1d\n" +
 	"\n" +
-	"message_id\x18\x01 \x01(\tR\tmessageId\"\xac\x01\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\"\xe2\x01\n" +
 	"\x06Counts\x12\x1a\n" +
 	"\btargeted\x18\x01 \x01(\x03R\btargeted\x12\x1c\n" +
 	"\tdelivered\x18\x02 \x01(\x03R\tdelivered\x12\x18\n" +
 	"\apending\x18\x03 \x01(\x03R\apending\x12\x18\n" +
 	"\aexpired\x18\x04 \x01(\x03R\aexpired\x12\x16\n" +
 	"\x06failed\x18\x05 \x01(\x03R\x06failed\x12\x1c\n" +
-	"\tcollapsed\x18\x06 \x01(\x03R\tcollapsed\"t\n" +
+	"\tcollapsed\x18\x06 \x01(\x03R\tcollapsed\x12\x18\n" +
+	"\aclicked\x18\a \x01(\x03R\aclicked\x12\x1a\n" +
+	"\brecalled\x18\b \x01(\x03R\brecalled\"\xa9\x01\n" +
 	"\x12GetMessageResponse\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12)\n" +
-	"\x06counts\x18\x03 \x01(\v2\x11.herald.v1.CountsR\x06counts2\x91\x03\n" +
+	"\x06counts\x18\x03 \x01(\v2\x11.herald.v1.CountsR\x06counts\x12\x1a\n" +
+	"\baudience\x18\x04 \x01(\tR\baudience\x12\x17\n" +
+	"\asend_at\x18\x05 \x01(\tR\x06sendAt\"5\n" +
+	"\x14CancelMessageRequest\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\"L\n" +
+	"\x15CancelMessageResponse\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\"\x99\x01\n" +
+	"\x06Device\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1a\n" +
+	"\bplatform\x18\x02 \x01(\tR\bplatform\x12\x14\n" +
+	"\x05alias\x18\x03 \x01(\tR\x05alias\x12\x12\n" +
+	"\x04tags\x18\x04 \x03(\tR\x04tags\x12\x16\n" +
+	"\x06topics\x18\x05 \x03(\tR\x06topics\x12\x14\n" +
+	"\x05badge\x18\x06 \x01(\x05R\x05badge\"/\n" +
+	"\x10GetDeviceRequest\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"D\n" +
+	"\x0fSetAliasRequest\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x14\n" +
+	"\x05alias\x18\x02 \x01(\tR\x05alias\"\\\n" +
+	"\x11UpdateTagsRequest\x12\x1d\n" +
+	"\n" +
+	"device_ids\x18\x01 \x03(\tR\tdeviceIds\x12\x10\n" +
+	"\x03add\x18\x02 \x03(\tR\x03add\x12\x16\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\"B\n" +
+	"\x12UpdateTagsResponse\x12,\n" +
+	"\x12invalid_device_ids\x18\x01 \x03(\tR\x10invalidDeviceIds\"r\n" +
+	"\x13UpdateTopicsRequest\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1c\n" +
+	"\tsubscribe\x18\x02 \x03(\tR\tsubscribe\x12 \n" +
+	"\vunsubscribe\x18\x03 \x03(\tR\vunsubscribe\"D\n" +
+	"\x0fSetBadgeRequest\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x14\n" +
+	"\x05badge\x18\x02 \x01(\x05R\x05badge\"W\n" +
+	"\x0fGetStatsRequest\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12 \n" +
+	"\vgranularity\x18\x03 \x01(\tR\vgranularity\"\x92\x01\n" +
+	"\vStatsBucket\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\tR\x05start\x12\x12\n" +
+	"\x04sent\x18\x02 \x01(\x03R\x04sent\x12\x1c\n" +
+	"\tdelivered\x18\x03 \x01(\x03R\tdelivered\x12\x18\n" +
+	"\aclicked\x18\x04 \x01(\x03R\aclicked\x12!\n" +
+	"\farrival_rate\x18\x05 \x01(\x01R\varrivalRate\"\x94\x01\n" +
+	"\x10GetStatsResponse\x12 \n" +
+	"\vgranularity\x18\x01 \x01(\tR\vgranularity\x120\n" +
+	"\abuckets\x18\x02 \x03(\v2\x16.herald.v1.StatsBucketR\abuckets\x12,\n" +
+	"\x05total\x18\x03 \x01(\v2\x16.herald.v1.StatsBucketR\x05total\"M\n" +
+	"\x15UpdateSettingsRequest\x12$\n" +
+	"\vwebhook_url\x18\x01 \x01(\tH\x00R\n" +
+	"webhookUrl\x88\x01\x01B\x0e\n" +
+	"\f_webhook_url\"\x87\x02\n" +
+	"\x10UpdateAppRequest\x12\x15\n" +
+	"\x06app_id\x18\x01 \x01(\tR\x05appId\x126\n" +
+	"\x15rate_limit_per_second\x18\x02 \x01(\x05H\x00R\x12rateLimitPerSecond\x88\x01\x01\x129\n" +
+	"\x16daily_notification_cap\x18\x03 \x01(\x05H\x01R\x14dailyNotificationCap\x88\x01\x01\x12$\n" +
+	"\vwebhook_url\x18\x04 \x01(\tH\x02R\n" +
+	"webhookUrl\x88\x01\x01B\x18\n" +
+	"\x16_rate_limit_per_secondB\x19\n" +
+	"\x17_daily_notification_capB\x0e\n" +
+	"\f_webhook_url\"\xae\x01\n" +
+	"\vAppSettings\x12\x15\n" +
+	"\x06app_id\x18\x01 \x01(\tR\x05appId\x12\x1f\n" +
+	"\vwebhook_url\x18\x02 \x01(\tR\n" +
+	"webhookUrl\x121\n" +
+	"\x15rate_limit_per_second\x18\x03 \x01(\x05R\x12rateLimitPerSecond\x124\n" +
+	"\x16daily_notification_cap\x18\x04 \x01(\x05R\x14dailyNotificationCap2\xf9\a\n" +
 	"\x06Herald\x12F\n" +
 	"\tCreateApp\x12\x1b.herald.v1.CreateAppRequest\x1a\x1c.herald.v1.CreateAppResponse\x12U\n" +
 	"\x0eRegisterDevice\x12 .herald.v1.RegisterDeviceRequest\x1a!.herald.v1.RegisterDeviceResponse\x12O\n" +
 	"\fDeleteDevice\x12\x1e.herald.v1.DeleteDeviceRequest\x1a\x1f.herald.v1.DeleteDeviceResponse\x12L\n" +
 	"\vSendMessage\x12\x1d.herald.v1.SendMessageRequest\x1a\x1e.herald.v1.SendMessageResponse\x12I\n" +
 	"\n" +
-	"GetMessage\x12\x1c.herald.v1.GetMessageRequest\x1a\x1d.herald.v1.GetMessageResponseB4Z2github.com/heraldpush/herald/api/heraldv1;heraldv1b\x06proto3"
+	"GetMessage\x12\x1c.herald.v1.GetMessageRequest\x1a\x1d.herald.v1.GetMessageResponse\x12R\n" +
+	"\rCancelMessage\x12\x1f.herald.v1.CancelMessageRequest\x1a .herald.v1.CancelMessageResponse\x12;\n" +
+	"\tGetDevice\x12\x1b.herald.v1.GetDeviceRequest\x1a\x11.herald.v1.Device\x129\n" +
+	"\bSetAlias\x12\x1a.herald.v1.SetAliasRequest\x1a\x11.herald.v1.Device\x12I\n" +
+	"\n" +
+	"UpdateTags\x12\x1c.herald.v1.UpdateTagsRequest\x1a\x1d.herald.v1.UpdateTagsResponse\x12A\n" +
+	"\fUpdateTopics\x12\x1e.herald.v1.UpdateTopicsRequest\x1a\x11.herald.v1.Device\x129\n" +
+	"\bSetBadge\x12\x1a.herald.v1.SetBadgeRequest\x1a\x11.herald.v1.Device\x12C\n" +
+	"\bGetStats\x12\x1a.herald.v1.GetStatsRequest\x1a\x1b.herald.v1.GetStatsResponse\x12J\n" +
+	"\x0eUpdateSettings\x12 .herald.v1.UpdateSettingsRequest\x1a\x16.herald.v1.AppSettings\x12@\n" +
+	"\tUpdateApp\x12\x1b.herald.v1.UpdateAppRequest\x1a\x16.herald.v1.AppSettingsB4Z2github.com/heraldpush/herald/api/heraldv1;heraldv1b\x06proto3"
 
 var (
 	file_herald_v1_herald_proto_rawDescOnce sync.Once
@@ -913,7 +2022,7 @@ func file_herald_v1_herald_proto_rawDescGZIP() []byte {
 	return file_herald_v1_herald_proto_rawDescData
 }
 
-var file_herald_v1_herald_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_herald_v1_herald_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_herald_v1_herald_proto_goTypes = []any{
 	(*CreateAppRequest)(nil),       // 0: herald.v1.CreateAppRequest
 	(*CreateAppResponse)(nil),      // 1: herald.v1.CreateAppResponse
@@ -929,29 +2038,64 @@ var file_herald_v1_herald_proto_goTypes = []any{
 	(*GetMessageRequest)(nil),      // 11: herald.v1.GetMessageRequest
 	(*Counts)(nil),                 // 12: herald.v1.Counts
 	(*GetMessageResponse)(nil),     // 13: herald.v1.GetMessageResponse
-	nil,                            // 14: herald.v1.SendMessageRequest.DataEntry
+	(*CancelMessageRequest)(nil),   // 14: herald.v1.CancelMessageRequest
+	(*CancelMessageResponse)(nil),  // 15: herald.v1.CancelMessageResponse
+	(*Device)(nil),                 // 16: herald.v1.Device
+	(*GetDeviceRequest)(nil),       // 17: herald.v1.GetDeviceRequest
+	(*SetAliasRequest)(nil),        // 18: herald.v1.SetAliasRequest
+	(*UpdateTagsRequest)(nil),      // 19: herald.v1.UpdateTagsRequest
+	(*UpdateTagsResponse)(nil),     // 20: herald.v1.UpdateTagsResponse
+	(*UpdateTopicsRequest)(nil),    // 21: herald.v1.UpdateTopicsRequest
+	(*SetBadgeRequest)(nil),        // 22: herald.v1.SetBadgeRequest
+	(*GetStatsRequest)(nil),        // 23: herald.v1.GetStatsRequest
+	(*StatsBucket)(nil),            // 24: herald.v1.StatsBucket
+	(*GetStatsResponse)(nil),       // 25: herald.v1.GetStatsResponse
+	(*UpdateSettingsRequest)(nil),  // 26: herald.v1.UpdateSettingsRequest
+	(*UpdateAppRequest)(nil),       // 27: herald.v1.UpdateAppRequest
+	(*AppSettings)(nil),            // 28: herald.v1.AppSettings
+	nil,                            // 29: herald.v1.SendMessageRequest.DataEntry
 }
 var file_herald_v1_herald_proto_depIdxs = []int32{
 	6,  // 0: herald.v1.SendMessageRequest.audience:type_name -> herald.v1.Audience
 	7,  // 1: herald.v1.SendMessageRequest.notification:type_name -> herald.v1.Notification
-	14, // 2: herald.v1.SendMessageRequest.data:type_name -> herald.v1.SendMessageRequest.DataEntry
+	29, // 2: herald.v1.SendMessageRequest.data:type_name -> herald.v1.SendMessageRequest.DataEntry
 	8,  // 3: herald.v1.SendMessageRequest.options:type_name -> herald.v1.Options
 	12, // 4: herald.v1.GetMessageResponse.counts:type_name -> herald.v1.Counts
-	0,  // 5: herald.v1.Herald.CreateApp:input_type -> herald.v1.CreateAppRequest
-	2,  // 6: herald.v1.Herald.RegisterDevice:input_type -> herald.v1.RegisterDeviceRequest
-	4,  // 7: herald.v1.Herald.DeleteDevice:input_type -> herald.v1.DeleteDeviceRequest
-	9,  // 8: herald.v1.Herald.SendMessage:input_type -> herald.v1.SendMessageRequest
-	11, // 9: herald.v1.Herald.GetMessage:input_type -> herald.v1.GetMessageRequest
-	1,  // 10: herald.v1.Herald.CreateApp:output_type -> herald.v1.CreateAppResponse
-	3,  // 11: herald.v1.Herald.RegisterDevice:output_type -> herald.v1.RegisterDeviceResponse
-	5,  // 12: herald.v1.Herald.DeleteDevice:output_type -> herald.v1.DeleteDeviceResponse
-	10, // 13: herald.v1.Herald.SendMessage:output_type -> herald.v1.SendMessageResponse
-	13, // 14: herald.v1.Herald.GetMessage:output_type -> herald.v1.GetMessageResponse
-	10, // [10:15] is the sub-list for method output_type
-	5,  // [5:10] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	24, // 5: herald.v1.GetStatsResponse.buckets:type_name -> herald.v1.StatsBucket
+	24, // 6: herald.v1.GetStatsResponse.total:type_name -> herald.v1.StatsBucket
+	0,  // 7: herald.v1.Herald.CreateApp:input_type -> herald.v1.CreateAppRequest
+	2,  // 8: herald.v1.Herald.RegisterDevice:input_type -> herald.v1.RegisterDeviceRequest
+	4,  // 9: herald.v1.Herald.DeleteDevice:input_type -> herald.v1.DeleteDeviceRequest
+	9,  // 10: herald.v1.Herald.SendMessage:input_type -> herald.v1.SendMessageRequest
+	11, // 11: herald.v1.Herald.GetMessage:input_type -> herald.v1.GetMessageRequest
+	14, // 12: herald.v1.Herald.CancelMessage:input_type -> herald.v1.CancelMessageRequest
+	17, // 13: herald.v1.Herald.GetDevice:input_type -> herald.v1.GetDeviceRequest
+	18, // 14: herald.v1.Herald.SetAlias:input_type -> herald.v1.SetAliasRequest
+	19, // 15: herald.v1.Herald.UpdateTags:input_type -> herald.v1.UpdateTagsRequest
+	21, // 16: herald.v1.Herald.UpdateTopics:input_type -> herald.v1.UpdateTopicsRequest
+	22, // 17: herald.v1.Herald.SetBadge:input_type -> herald.v1.SetBadgeRequest
+	23, // 18: herald.v1.Herald.GetStats:input_type -> herald.v1.GetStatsRequest
+	26, // 19: herald.v1.Herald.UpdateSettings:input_type -> herald.v1.UpdateSettingsRequest
+	27, // 20: herald.v1.Herald.UpdateApp:input_type -> herald.v1.UpdateAppRequest
+	1,  // 21: herald.v1.Herald.CreateApp:output_type -> herald.v1.CreateAppResponse
+	3,  // 22: herald.v1.Herald.RegisterDevice:output_type -> herald.v1.RegisterDeviceResponse
+	5,  // 23: herald.v1.Herald.DeleteDevice:output_type -> herald.v1.DeleteDeviceResponse
+	10, // 24: herald.v1.Herald.SendMessage:output_type -> herald.v1.SendMessageResponse
+	13, // 25: herald.v1.Herald.GetMessage:output_type -> herald.v1.GetMessageResponse
+	15, // 26: herald.v1.Herald.CancelMessage:output_type -> herald.v1.CancelMessageResponse
+	16, // 27: herald.v1.Herald.GetDevice:output_type -> herald.v1.Device
+	16, // 28: herald.v1.Herald.SetAlias:output_type -> herald.v1.Device
+	20, // 29: herald.v1.Herald.UpdateTags:output_type -> herald.v1.UpdateTagsResponse
+	16, // 30: herald.v1.Herald.UpdateTopics:output_type -> herald.v1.Device
+	16, // 31: herald.v1.Herald.SetBadge:output_type -> herald.v1.Device
+	25, // 32: herald.v1.Herald.GetStats:output_type -> herald.v1.GetStatsResponse
+	28, // 33: herald.v1.Herald.UpdateSettings:output_type -> herald.v1.AppSettings
+	28, // 34: herald.v1.Herald.UpdateApp:output_type -> herald.v1.AppSettings
+	21, // [21:35] is the sub-list for method output_type
+	7,  // [7:21] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_herald_v1_herald_proto_init() }
@@ -961,13 +2105,15 @@ func file_herald_v1_herald_proto_init() {
 	}
 	file_herald_v1_herald_proto_msgTypes[7].OneofWrappers = []any{}
 	file_herald_v1_herald_proto_msgTypes[8].OneofWrappers = []any{}
+	file_herald_v1_herald_proto_msgTypes[26].OneofWrappers = []any{}
+	file_herald_v1_herald_proto_msgTypes[27].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_v1_herald_proto_rawDesc), len(file_herald_v1_herald_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

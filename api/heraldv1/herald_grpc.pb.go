@@ -31,6 +31,15 @@ const (
 	Herald_DeleteDevice_FullMethodName   = "/herald.v1.Herald/DeleteDevice"
 	Herald_SendMessage_FullMethodName    = "/herald.v1.Herald/SendMessage"
 	Herald_GetMessage_FullMethodName     = "/herald.v1.Herald/GetMessage"
+	Herald_CancelMessage_FullMethodName  = "/herald.v1.Herald/CancelMessage"
+	Herald_GetDevice_FullMethodName      = "/herald.v1.Herald/GetDevice"
+	Herald_SetAlias_FullMethodName       = "/herald.v1.Herald/SetAlias"
+	Herald_UpdateTags_FullMethodName     = "/herald.v1.Herald/UpdateTags"
+	Herald_UpdateTopics_FullMethodName   = "/herald.v1.Herald/UpdateTopics"
+	Herald_SetBadge_FullMethodName       = "/herald.v1.Herald/SetBadge"
+	Herald_GetStats_FullMethodName       = "/herald.v1.Herald/GetStats"
+	Herald_UpdateSettings_FullMethodName = "/herald.v1.Herald/UpdateSettings"
+	Herald_UpdateApp_FullMethodName      = "/herald.v1.Herald/UpdateApp"
 )
 
 // HeraldClient is the client API for Herald service.
@@ -47,6 +56,25 @@ type HeraldClient interface {
 	SendMessage(ctx context.Context, in *SendMessageRequest, opts ...grpc.CallOption) (*SendMessageResponse, error)
 	// App: delivery status of a message.
 	GetMessage(ctx context.Context, in *GetMessageRequest, opts ...grpc.CallOption) (*GetMessageResponse, error)
+	// App: cancel a scheduled message, or recall the undelivered remainder
+	// of a sent one.
+	CancelMessage(ctx context.Context, in *CancelMessageRequest, opts ...grpc.CallOption) (*CancelMessageResponse, error)
+	// App: a device's registration (alias, tags, topics, badge).
+	GetDevice(ctx context.Context, in *GetDeviceRequest, opts ...grpc.CallOption) (*Device, error)
+	// App: set (or clear, with "") a device's alias.
+	SetAlias(ctx context.Context, in *SetAliasRequest, opts ...grpc.CallOption) (*Device, error)
+	// App: add and remove tags on up to 1000 devices.
+	UpdateTags(ctx context.Context, in *UpdateTagsRequest, opts ...grpc.CallOption) (*UpdateTagsResponse, error)
+	// App: subscribe a device to topics / unsubscribe it.
+	UpdateTopics(ctx context.Context, in *UpdateTopicsRequest, opts ...grpc.CallOption) (*Device, error)
+	// App: set a device's badge counter (0 resets it).
+	SetBadge(ctx context.Context, in *SetBadgeRequest, opts ...grpc.CallOption) (*Device, error)
+	// App: per-app statistics.
+	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error)
+	// App: the app's own settings (webhook url).
+	UpdateSettings(ctx context.Context, in *UpdateSettingsRequest, opts ...grpc.CallOption) (*AppSettings, error)
+	// Admin: an app's limits and settings.
+	UpdateApp(ctx context.Context, in *UpdateAppRequest, opts ...grpc.CallOption) (*AppSettings, error)
 }
 
 type heraldClient struct {
@@ -107,6 +135,96 @@ func (c *heraldClient) GetMessage(ctx context.Context, in *GetMessageRequest, op
 	return out, nil
 }
 
+func (c *heraldClient) CancelMessage(ctx context.Context, in *CancelMessageRequest, opts ...grpc.CallOption) (*CancelMessageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelMessageResponse)
+	err := c.cc.Invoke(ctx, Herald_CancelMessage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *heraldClient) GetDevice(ctx context.Context, in *GetDeviceRequest, opts ...grpc.CallOption) (*Device, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Device)
+	err := c.cc.Invoke(ctx, Herald_GetDevice_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *heraldClient) SetAlias(ctx context.Context, in *SetAliasRequest, opts ...grpc.CallOption) (*Device, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Device)
+	err := c.cc.Invoke(ctx, Herald_SetAlias_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *heraldClient) UpdateTags(ctx context.Context, in *UpdateTagsRequest, opts ...grpc.CallOption) (*UpdateTagsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateTagsResponse)
+	err := c.cc.Invoke(ctx, Herald_UpdateTags_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *heraldClient) UpdateTopics(ctx context.Context, in *UpdateTopicsRequest, opts ...grpc.CallOption) (*Device, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Device)
+	err := c.cc.Invoke(ctx, Herald_UpdateTopics_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *heraldClient) SetBadge(ctx context.Context, in *SetBadgeRequest, opts ...grpc.CallOption) (*Device, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Device)
+	err := c.cc.Invoke(ctx, Herald_SetBadge_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *heraldClient) GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetStatsResponse)
+	err := c.cc.Invoke(ctx, Herald_GetStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *heraldClient) UpdateSettings(ctx context.Context, in *UpdateSettingsRequest, opts ...grpc.CallOption) (*AppSettings, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AppSettings)
+	err := c.cc.Invoke(ctx, Herald_UpdateSettings_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *heraldClient) UpdateApp(ctx context.Context, in *UpdateAppRequest, opts ...grpc.CallOption) (*AppSettings, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AppSettings)
+	err := c.cc.Invoke(ctx, Herald_UpdateApp_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // HeraldServer is the server API for Herald service.
 // All implementations must embed UnimplementedHeraldServer
 // for forward compatibility.
@@ -121,6 +239,25 @@ type HeraldServer interface {
 	SendMessage(context.Context, *SendMessageRequest) (*SendMessageResponse, error)
 	// App: delivery status of a message.
 	GetMessage(context.Context, *GetMessageRequest) (*GetMessageResponse, error)
+	// App: cancel a scheduled message, or recall the undelivered remainder
+	// of a sent one.
+	CancelMessage(context.Context, *CancelMessageRequest) (*CancelMessageResponse, error)
+	// App: a device's registration (alias, tags, topics, badge).
+	GetDevice(context.Context, *GetDeviceRequest) (*Device, error)
+	// App: set (or clear, with "") a device's alias.
+	SetAlias(context.Context, *SetAliasRequest) (*Device, error)
+	// App: add and remove tags on up to 1000 devices.
+	UpdateTags(context.Context, *UpdateTagsRequest) (*UpdateTagsResponse, error)
+	// App: subscribe a device to topics / unsubscribe it.
+	UpdateTopics(context.Context, *UpdateTopicsRequest) (*Device, error)
+	// App: set a device's badge counter (0 resets it).
+	SetBadge(context.Context, *SetBadgeRequest) (*Device, error)
+	// App: per-app statistics.
+	GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error)
+	// App: the app's own settings (webhook url).
+	UpdateSettings(context.Context, *UpdateSettingsRequest) (*AppSettings, error)
+	// Admin: an app's limits and settings.
+	UpdateApp(context.Context, *UpdateAppRequest) (*AppSettings, error)
 	mustEmbedUnimplementedHeraldServer()
 }
 
@@ -145,6 +282,33 @@ func (UnimplementedHeraldServer) SendMessage(context.Context, *SendMessageReques
 }
 func (UnimplementedHeraldServer) GetMessage(context.Context, *GetMessageRequest) (*GetMessageResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetMessage not implemented")
+}
+func (UnimplementedHeraldServer) CancelMessage(context.Context, *CancelMessageRequest) (*CancelMessageResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CancelMessage not implemented")
+}
+func (UnimplementedHeraldServer) GetDevice(context.Context, *GetDeviceRequest) (*Device, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDevice not implemented")
+}
+func (UnimplementedHeraldServer) SetAlias(context.Context, *SetAliasRequest) (*Device, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetAlias not implemented")
+}
+func (UnimplementedHeraldServer) UpdateTags(context.Context, *UpdateTagsRequest) (*UpdateTagsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateTags not implemented")
+}
+func (UnimplementedHeraldServer) UpdateTopics(context.Context, *UpdateTopicsRequest) (*Device, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateTopics not implemented")
+}
+func (UnimplementedHeraldServer) SetBadge(context.Context, *SetBadgeRequest) (*Device, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetBadge not implemented")
+}
+func (UnimplementedHeraldServer) GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetStats not implemented")
+}
+func (UnimplementedHeraldServer) UpdateSettings(context.Context, *UpdateSettingsRequest) (*AppSettings, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateSettings not implemented")
+}
+func (UnimplementedHeraldServer) UpdateApp(context.Context, *UpdateAppRequest) (*AppSettings, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateApp not implemented")
 }
 func (UnimplementedHeraldServer) mustEmbedUnimplementedHeraldServer() {}
 func (UnimplementedHeraldServer) testEmbeddedByValue()                {}
@@ -257,6 +421,168 @@ func _Herald_GetMessage_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Herald_CancelMessage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelMessageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HeraldServer).CancelMessage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Herald_CancelMessage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HeraldServer).CancelMessage(ctx, req.(*CancelMessageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Herald_GetDevice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDeviceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HeraldServer).GetDevice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Herald_GetDevice_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HeraldServer).GetDevice(ctx, req.(*GetDeviceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Herald_SetAlias_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetAliasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HeraldServer).SetAlias(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Herald_SetAlias_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HeraldServer).SetAlias(ctx, req.(*SetAliasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Herald_UpdateTags_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateTagsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HeraldServer).UpdateTags(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Herald_UpdateTags_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HeraldServer).UpdateTags(ctx, req.(*UpdateTagsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Herald_UpdateTopics_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateTopicsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HeraldServer).UpdateTopics(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Herald_UpdateTopics_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HeraldServer).UpdateTopics(ctx, req.(*UpdateTopicsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Herald_SetBadge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetBadgeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HeraldServer).SetBadge(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Herald_SetBadge_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HeraldServer).SetBadge(ctx, req.(*SetBadgeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Herald_GetStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HeraldServer).GetStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Herald_GetStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HeraldServer).GetStats(ctx, req.(*GetStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Herald_UpdateSettings_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateSettingsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HeraldServer).UpdateSettings(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Herald_UpdateSettings_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HeraldServer).UpdateSettings(ctx, req.(*UpdateSettingsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Herald_UpdateApp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateAppRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HeraldServer).UpdateApp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Herald_UpdateApp_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HeraldServer).UpdateApp(ctx, req.(*UpdateAppRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Herald_ServiceDesc is the grpc.ServiceDesc for Herald service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -283,6 +609,42 @@ var Herald_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetMessage",
 			Handler:    _Herald_GetMessage_Handler,
+		},
+		{
+			MethodName: "CancelMessage",
+			Handler:    _Herald_CancelMessage_Handler,
+		},
+		{
+			MethodName: "GetDevice",
+			Handler:    _Herald_GetDevice_Handler,
+		},
+		{
+			MethodName: "SetAlias",
+			Handler:    _Herald_SetAlias_Handler,
+		},
+		{
+			MethodName: "UpdateTags",
+			Handler:    _Herald_UpdateTags_Handler,
+		},
+		{
+			MethodName: "UpdateTopics",
+			Handler:    _Herald_UpdateTopics_Handler,
+		},
+		{
+			MethodName: "SetBadge",
+			Handler:    _Herald_SetBadge_Handler,
+		},
+		{
+			MethodName: "GetStats",
+			Handler:    _Herald_GetStats_Handler,
+		},
+		{
+			MethodName: "UpdateSettings",
+			Handler:    _Herald_UpdateSettings_Handler,
+		},
+		{
+			MethodName: "UpdateApp",
+			Handler:    _Herald_UpdateApp_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -90,3 +90,13 @@ func encode(raw [16]byte) string {
 	}
 	return string(out[:])
 }
+
+// Floor returns the smallest id of millisecond t: every id made at t or
+// later sorts after or equal to it, every id made earlier sorts before.
+// Times before the epoch give the smallest id.
+func Floor(t time.Time) string {
+	ms := max(t.UnixMilli(), 0)
+	var raw [16]byte
+	binary.BigEndian.PutUint64(raw[:8], uint64(ms)<<16)
+	return encode(raw)
+}

@@ -81,9 +81,24 @@ type Envelope struct {
 	DeviceId string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	Push     *devicev1.Push         `protobuf:"bytes,3,opt,name=push,proto3" json:"push,omitempty"`
 	// Absolute expiry (unix ms). 0 with online_only = deliver now or drop.
-	ExpiresAtMs   int64    `protobuf:"varint,4,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`
-	OnlineOnly    bool     `protobuf:"varint,5,opt,name=online_only,json=onlineOnly,proto3" json:"online_only,omitempty"`
-	Priority      Priority `protobuf:"varint,6,opt,name=priority,proto3,enum=herald.internal.v1.Priority" json:"priority,omitempty"`
+	ExpiresAtMs int64    `protobuf:"varint,4,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`
+	OnlineOnly  bool     `protobuf:"varint,5,opt,name=online_only,json=onlineOnly,proto3" json:"online_only,omitempty"`
+	Priority    Priority `protobuf:"varint,6,opt,name=priority,proto3,enum=herald.internal.v1.Priority" json:"priority,omitempty"`
+	// Set on a group (broadcast / tag / topic) message: device_id is empty,
+	// the record key is the app id, and every gateway pushes it to its
+	// matching sessions. Unset on unicast envelopes.
+	Audience *Audience `protobuf:"bytes,7,opt,name=audience,proto3" json:"audience,omitempty"`
+	// Group messages: gateways spread their deliveries evenly over this window.
+	SpreadOverMs int64 `protobuf:"varint,8,opt,name=spread_over_ms,json=spreadOverMs,proto3" json:"spread_over_ms,omitempty"`
+	// Group messages: add this to each device's badge counter and send the
+	// result as notification.badge (0 = no badge arithmetic).
+	BadgeAdd int32 `protobuf:"varint,9,opt,name=badge_add,json=badgeAdd,proto3" json:"badge_add,omitempty"`
+	// The record was emitted by the scheduler (a send_at message): the
+	// dispatcher checks the message was not cancelled before delivering.
+	Scheduled bool `protobuf:"varint,10,opt,name=scheduled,proto3" json:"scheduled,omitempty"`
+	// A recall of the group message push.message_id: gateways drop queued
+	// (paced or deferred) copies; nothing is delivered.
+	Recall        bool `protobuf:"varint,11,opt,name=recall,proto3" json:"recall,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -160,11 +175,216 @@ func (x *Envelope) GetPriority() Priority {
 	return Priority_PRIORITY_UNSPECIFIED
 }
 
+func (x *Envelope) GetAudience() *Audience {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+func (x *Envelope) GetSpreadOverMs() int64 {
+	if x != nil {
+		return x.SpreadOverMs
+	}
+	return 0
+}
+
+func (x *Envelope) GetBadgeAdd() int32 {
+	if x != nil {
+		return x.BadgeAdd
+	}
+	return 0
+}
+
+func (x *Envelope) GetScheduled() bool {
+	if x != nil {
+		return x.Scheduled
+	}
+	return false
+}
+
+func (x *Envelope) GetRecall() bool {
+	if x != nil {
+		return x.Recall
+	}
+	return false
+}
+
+// Audience of a group message. Exactly one of all, tag_expr, topic is set.
+type Audience struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	All   bool                   `protobuf:"varint,1,opt,name=all,proto3" json:"all,omitempty"`
+	// Tag expression source (pkg/audience syntax), parsed by each gateway.
+	TagExpr string `protobuf:"bytes,2,opt,name=tag_expr,json=tagExpr,proto3" json:"tag_expr,omitempty"`
+	Topic   string `protobuf:"bytes,3,opt,name=topic,proto3" json:"topic,omitempty"`
+	// Optional platform filter (android | ios | web | other); "" = any.
+	Platform      string `protobuf:"bytes,4,opt,name=platform,proto3" json:"platform,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Audience) Reset() {
+	*x = Audience{}
+	mi := &file_herald_internal_v1_envelope_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Audience) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Audience) ProtoMessage() {}
+
+func (x *Audience) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_internal_v1_envelope_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Audience.ProtoReflect.Descriptor instead.
+func (*Audience) Descriptor() ([]byte, []int) {
+	return file_herald_internal_v1_envelope_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Audience) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+func (x *Audience) GetTagExpr() string {
+	if x != nil {
+		return x.TagExpr
+	}
+	return ""
+}
+
+func (x *Audience) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *Audience) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+// ScheduledSend is what the store keeps for a send_at message: the push
+// log records the scheduler appends when it is due.
+type ScheduledSend struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Records       []*ScheduledRecord     `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScheduledSend) Reset() {
+	*x = ScheduledSend{}
+	mi := &file_herald_internal_v1_envelope_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScheduledSend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScheduledSend) ProtoMessage() {}
+
+func (x *ScheduledSend) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_internal_v1_envelope_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScheduledSend.ProtoReflect.Descriptor instead.
+func (*ScheduledSend) Descriptor() ([]byte, []int) {
+	return file_herald_internal_v1_envelope_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ScheduledSend) GetRecords() []*ScheduledRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+type ScheduledRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Encoded Envelope (scheduled = true).
+	Value         []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScheduledRecord) Reset() {
+	*x = ScheduledRecord{}
+	mi := &file_herald_internal_v1_envelope_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScheduledRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScheduledRecord) ProtoMessage() {}
+
+func (x *ScheduledRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_internal_v1_envelope_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScheduledRecord.ProtoReflect.Descriptor instead.
+func (*ScheduledRecord) Descriptor() ([]byte, []int) {
+	return file_herald_internal_v1_envelope_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ScheduledRecord) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *ScheduledRecord) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
 var File_herald_internal_v1_envelope_proto protoreflect.FileDescriptor
 
 const file_herald_internal_v1_envelope_proto_rawDesc = "" +
 	"\n" +
-	"!herald/internal/v1/envelope.proto\x12\x12herald.internal.v1\x1a\x1dherald/device/v1/device.proto\"\xe9\x01\n" +
+	"!herald/internal/v1/envelope.proto\x12\x12herald.internal.v1\x1a\x1dherald/device/v1/device.proto\"\x9c\x03\n" +
 	"\bEnvelope\x12\x15\n" +
 	"\x06app_id\x18\x01 \x01(\tR\x05appId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12*\n" +
@@ -172,7 +392,23 @@ const file_herald_internal_v1_envelope_proto_rawDesc = "" +
 	"\rexpires_at_ms\x18\x04 \x01(\x03R\vexpiresAtMs\x12\x1f\n" +
 	"\vonline_only\x18\x05 \x01(\bR\n" +
 	"onlineOnly\x128\n" +
-	"\bpriority\x18\x06 \x01(\x0e2\x1c.herald.internal.v1.PriorityR\bpriority*L\n" +
+	"\bpriority\x18\x06 \x01(\x0e2\x1c.herald.internal.v1.PriorityR\bpriority\x128\n" +
+	"\baudience\x18\a \x01(\v2\x1c.herald.internal.v1.AudienceR\baudience\x12$\n" +
+	"\x0espread_over_ms\x18\b \x01(\x03R\fspreadOverMs\x12\x1b\n" +
+	"\tbadge_add\x18\t \x01(\x05R\bbadgeAdd\x12\x1c\n" +
+	"\tscheduled\x18\n" +
+	" \x01(\bR\tscheduled\x12\x16\n" +
+	"\x06recall\x18\v \x01(\bR\x06recall\"i\n" +
+	"\bAudience\x12\x10\n" +
+	"\x03all\x18\x01 \x01(\bR\x03all\x12\x19\n" +
+	"\btag_expr\x18\x02 \x01(\tR\atagExpr\x12\x14\n" +
+	"\x05topic\x18\x03 \x01(\tR\x05topic\x12\x1a\n" +
+	"\bplatform\x18\x04 \x01(\tR\bplatform\"N\n" +
+	"\rScheduledSend\x12=\n" +
+	"\arecords\x18\x01 \x03(\v2#.herald.internal.v1.ScheduledRecordR\arecords\"9\n" +
+	"\x0fScheduledRecord\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value*L\n" +
 	"\bPriority\x12\x18\n" +
 	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rPRIORITY_HIGH\x10\x01\x12\x13\n" +
@@ -191,20 +427,25 @@ func file_herald_internal_v1_envelope_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_internal_v1_envelope_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_internal_v1_envelope_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_herald_internal_v1_envelope_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_herald_internal_v1_envelope_proto_goTypes = []any{
-	(Priority)(0),         // 0: herald.internal.v1.Priority
-	(*Envelope)(nil),      // 1: herald.internal.v1.Envelope
-	(*devicev1.Push)(nil), // 2: herald.device.v1.Push
+	(Priority)(0),           // 0: herald.internal.v1.Priority
+	(*Envelope)(nil),        // 1: herald.internal.v1.Envelope
+	(*Audience)(nil),        // 2: herald.internal.v1.Audience
+	(*ScheduledSend)(nil),   // 3: herald.internal.v1.ScheduledSend
+	(*ScheduledRecord)(nil), // 4: herald.internal.v1.ScheduledRecord
+	(*devicev1.Push)(nil),   // 5: herald.device.v1.Push
 }
 var file_herald_internal_v1_envelope_proto_depIdxs = []int32{
-	2, // 0: herald.internal.v1.Envelope.push:type_name -> herald.device.v1.Push
+	5, // 0: herald.internal.v1.Envelope.push:type_name -> herald.device.v1.Push
 	0, // 1: herald.internal.v1.Envelope.priority:type_name -> herald.internal.v1.Priority
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	2, // 2: herald.internal.v1.Envelope.audience:type_name -> herald.internal.v1.Audience
+	4, // 3: herald.internal.v1.ScheduledSend.records:type_name -> herald.internal.v1.ScheduledRecord
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_herald_internal_v1_envelope_proto_init() }
@@ -218,7 +459,7 @@ func file_herald_internal_v1_envelope_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_internal_v1_envelope_proto_rawDesc), len(file_herald_internal_v1_envelope_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   1,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

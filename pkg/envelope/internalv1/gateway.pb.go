@@ -245,10 +245,13 @@ func (x *DeliverResponse) GetOutcomes() []Outcome {
 }
 
 type DrainRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
-	ConnId        uint64                 `protobuf:"varint,3,opt,name=conn_id,json=connId,proto3" json:"conn_id,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Node   string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Device string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	ConnId uint64                 `protobuf:"varint,3,opt,name=conn_id,json=connId,proto3" json:"conn_id,omitempty"`
+	// Lazy: drain at the device's next heartbeat or activity (normal
+	// priority), or after the gateway's max deferral, whichever is first.
+	Lazy          bool `protobuf:"varint,4,opt,name=lazy,proto3" json:"lazy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -302,6 +305,13 @@ func (x *DrainRequest) GetConnId() uint64 {
 		return x.ConnId
 	}
 	return 0
+}
+
+func (x *DrainRequest) GetLazy() bool {
+	if x != nil {
+		return x.Lazy
+	}
+	return false
 }
 
 type DrainResponse struct {
@@ -436,6 +446,199 @@ func (*KickResponse) Descriptor() ([]byte, []int) {
 	return file_herald_internal_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
+type BroadcastRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Envelope      *Envelope              `protobuf:"bytes,2,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BroadcastRequest) Reset() {
+	*x = BroadcastRequest{}
+	mi := &file_herald_internal_v1_gateway_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BroadcastRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BroadcastRequest) ProtoMessage() {}
+
+func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_internal_v1_gateway_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BroadcastRequest.ProtoReflect.Descriptor instead.
+func (*BroadcastRequest) Descriptor() ([]byte, []int) {
+	return file_herald_internal_v1_gateway_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *BroadcastRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *BroadcastRequest) GetEnvelope() *Envelope {
+	if x != nil {
+		return x.Envelope
+	}
+	return nil
+}
+
+type BroadcastResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sessions matched on this node (queued or written).
+	Matched       int64 `protobuf:"varint,1,opt,name=matched,proto3" json:"matched,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BroadcastResponse) Reset() {
+	*x = BroadcastResponse{}
+	mi := &file_herald_internal_v1_gateway_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BroadcastResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BroadcastResponse) ProtoMessage() {}
+
+func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_internal_v1_gateway_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BroadcastResponse.ProtoReflect.Descriptor instead.
+func (*BroadcastResponse) Descriptor() ([]byte, []int) {
+	return file_herald_internal_v1_gateway_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *BroadcastResponse) GetMatched() int64 {
+	if x != nil {
+		return x.Matched
+	}
+	return 0
+}
+
+type RefreshRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	AppId         string                 `protobuf:"bytes,2,opt,name=app_id,json=appId,proto3" json:"app_id,omitempty"`
+	DeviceId      string                 `protobuf:"bytes,3,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshRequest) Reset() {
+	*x = RefreshRequest{}
+	mi := &file_herald_internal_v1_gateway_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshRequest) ProtoMessage() {}
+
+func (x *RefreshRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_internal_v1_gateway_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshRequest.ProtoReflect.Descriptor instead.
+func (*RefreshRequest) Descriptor() ([]byte, []int) {
+	return file_herald_internal_v1_gateway_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RefreshRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *RefreshRequest) GetAppId() string {
+	if x != nil {
+		return x.AppId
+	}
+	return ""
+}
+
+func (x *RefreshRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+type RefreshResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshResponse) Reset() {
+	*x = RefreshResponse{}
+	mi := &file_herald_internal_v1_gateway_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshResponse) ProtoMessage() {}
+
+func (x *RefreshResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_internal_v1_gateway_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshResponse.ProtoReflect.Descriptor instead.
+func (*RefreshResponse) Descriptor() ([]byte, []int) {
+	return file_herald_internal_v1_gateway_proto_rawDescGZIP(), []int{10}
+}
+
 var File_herald_internal_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_herald_internal_v1_gateway_proto_rawDesc = "" +
@@ -451,26 +654,39 @@ const file_herald_internal_v1_gateway_proto_rawDesc = "" +
 	"deliveries\x18\x02 \x03(\v2\x1c.herald.internal.v1.DeliveryR\n" +
 	"deliveries\"J\n" +
 	"\x0fDeliverResponse\x127\n" +
-	"\boutcomes\x18\x01 \x03(\x0e2\x1b.herald.internal.v1.OutcomeR\boutcomes\"S\n" +
+	"\boutcomes\x18\x01 \x03(\x0e2\x1b.herald.internal.v1.OutcomeR\boutcomes\"g\n" +
 	"\fDrainRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x17\n" +
-	"\aconn_id\x18\x03 \x01(\x04R\x06connId\"\x0f\n" +
+	"\aconn_id\x18\x03 \x01(\x04R\x06connId\x12\x12\n" +
+	"\x04lazy\x18\x04 \x01(\bR\x04lazy\"\x0f\n" +
 	"\rDrainResponse\"U\n" +
 	"\vKickRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x15\n" +
 	"\x06app_id\x18\x02 \x01(\tR\x05appId\x12\x1b\n" +
 	"\tdevice_id\x18\x03 \x01(\tR\bdeviceId\"\x0e\n" +
-	"\fKickResponse*b\n" +
+	"\fKickResponse\"`\n" +
+	"\x10BroadcastRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x128\n" +
+	"\benvelope\x18\x02 \x01(\v2\x1c.herald.internal.v1.EnvelopeR\benvelope\"-\n" +
+	"\x11BroadcastResponse\x12\x18\n" +
+	"\amatched\x18\x01 \x01(\x03R\amatched\"X\n" +
+	"\x0eRefreshRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x15\n" +
+	"\x06app_id\x18\x02 \x01(\tR\x05appId\x12\x1b\n" +
+	"\tdevice_id\x18\x03 \x01(\tR\bdeviceId\"\x11\n" +
+	"\x0fRefreshResponse*b\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rOUTCOME_ACKED\x10\x01\x12\x14\n" +
 	"\x10OUTCOME_NOT_HERE\x10\x02\x12\x15\n" +
-	"\x11OUTCOME_TIMED_OUT\x10\x032\xfa\x01\n" +
+	"\x11OUTCOME_TIMED_OUT\x10\x032\xa8\x03\n" +
 	"\vGatewayNode\x12R\n" +
 	"\aDeliver\x12\".herald.internal.v1.DeliverRequest\x1a#.herald.internal.v1.DeliverResponse\x12L\n" +
 	"\x05Drain\x12 .herald.internal.v1.DrainRequest\x1a!.herald.internal.v1.DrainResponse\x12I\n" +
-	"\x04Kick\x12\x1f.herald.internal.v1.KickRequest\x1a .herald.internal.v1.KickResponseBAZ?github.com/heraldpush/herald/pkg/envelope/internalv1;internalv1b\x06proto3"
+	"\x04Kick\x12\x1f.herald.internal.v1.KickRequest\x1a .herald.internal.v1.KickResponse\x12X\n" +
+	"\tBroadcast\x12$.herald.internal.v1.BroadcastRequest\x1a%.herald.internal.v1.BroadcastResponse\x12R\n" +
+	"\aRefresh\x12\".herald.internal.v1.RefreshRequest\x1a#.herald.internal.v1.RefreshResponseBAZ?github.com/heraldpush/herald/pkg/envelope/internalv1;internalv1b\x06proto3"
 
 var (
 	file_herald_internal_v1_gateway_proto_rawDescOnce sync.Once
@@ -485,33 +701,42 @@ func file_herald_internal_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_internal_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_internal_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_herald_internal_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_herald_internal_v1_gateway_proto_goTypes = []any{
-	(Outcome)(0),            // 0: herald.internal.v1.Outcome
-	(*Delivery)(nil),        // 1: herald.internal.v1.Delivery
-	(*DeliverRequest)(nil),  // 2: herald.internal.v1.DeliverRequest
-	(*DeliverResponse)(nil), // 3: herald.internal.v1.DeliverResponse
-	(*DrainRequest)(nil),    // 4: herald.internal.v1.DrainRequest
-	(*DrainResponse)(nil),   // 5: herald.internal.v1.DrainResponse
-	(*KickRequest)(nil),     // 6: herald.internal.v1.KickRequest
-	(*KickResponse)(nil),    // 7: herald.internal.v1.KickResponse
-	(*Envelope)(nil),        // 8: herald.internal.v1.Envelope
+	(Outcome)(0),              // 0: herald.internal.v1.Outcome
+	(*Delivery)(nil),          // 1: herald.internal.v1.Delivery
+	(*DeliverRequest)(nil),    // 2: herald.internal.v1.DeliverRequest
+	(*DeliverResponse)(nil),   // 3: herald.internal.v1.DeliverResponse
+	(*DrainRequest)(nil),      // 4: herald.internal.v1.DrainRequest
+	(*DrainResponse)(nil),     // 5: herald.internal.v1.DrainResponse
+	(*KickRequest)(nil),       // 6: herald.internal.v1.KickRequest
+	(*KickResponse)(nil),      // 7: herald.internal.v1.KickResponse
+	(*BroadcastRequest)(nil),  // 8: herald.internal.v1.BroadcastRequest
+	(*BroadcastResponse)(nil), // 9: herald.internal.v1.BroadcastResponse
+	(*RefreshRequest)(nil),    // 10: herald.internal.v1.RefreshRequest
+	(*RefreshResponse)(nil),   // 11: herald.internal.v1.RefreshResponse
+	(*Envelope)(nil),          // 12: herald.internal.v1.Envelope
 }
 var file_herald_internal_v1_gateway_proto_depIdxs = []int32{
-	8, // 0: herald.internal.v1.Delivery.envelope:type_name -> herald.internal.v1.Envelope
-	1, // 1: herald.internal.v1.DeliverRequest.deliveries:type_name -> herald.internal.v1.Delivery
-	0, // 2: herald.internal.v1.DeliverResponse.outcomes:type_name -> herald.internal.v1.Outcome
-	2, // 3: herald.internal.v1.GatewayNode.Deliver:input_type -> herald.internal.v1.DeliverRequest
-	4, // 4: herald.internal.v1.GatewayNode.Drain:input_type -> herald.internal.v1.DrainRequest
-	6, // 5: herald.internal.v1.GatewayNode.Kick:input_type -> herald.internal.v1.KickRequest
-	3, // 6: herald.internal.v1.GatewayNode.Deliver:output_type -> herald.internal.v1.DeliverResponse
-	5, // 7: herald.internal.v1.GatewayNode.Drain:output_type -> herald.internal.v1.DrainResponse
-	7, // 8: herald.internal.v1.GatewayNode.Kick:output_type -> herald.internal.v1.KickResponse
-	6, // [6:9] is the sub-list for method output_type
-	3, // [3:6] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	12, // 0: herald.internal.v1.Delivery.envelope:type_name -> herald.internal.v1.Envelope
+	1,  // 1: herald.internal.v1.DeliverRequest.deliveries:type_name -> herald.internal.v1.Delivery
+	0,  // 2: herald.internal.v1.DeliverResponse.outcomes:type_name -> herald.internal.v1.Outcome
+	12, // 3: herald.internal.v1.BroadcastRequest.envelope:type_name -> herald.internal.v1.Envelope
+	2,  // 4: herald.internal.v1.GatewayNode.Deliver:input_type -> herald.internal.v1.DeliverRequest
+	4,  // 5: herald.internal.v1.GatewayNode.Drain:input_type -> herald.internal.v1.DrainRequest
+	6,  // 6: herald.internal.v1.GatewayNode.Kick:input_type -> herald.internal.v1.KickRequest
+	8,  // 7: herald.internal.v1.GatewayNode.Broadcast:input_type -> herald.internal.v1.BroadcastRequest
+	10, // 8: herald.internal.v1.GatewayNode.Refresh:input_type -> herald.internal.v1.RefreshRequest
+	3,  // 9: herald.internal.v1.GatewayNode.Deliver:output_type -> herald.internal.v1.DeliverResponse
+	5,  // 10: herald.internal.v1.GatewayNode.Drain:output_type -> herald.internal.v1.DrainResponse
+	7,  // 11: herald.internal.v1.GatewayNode.Kick:output_type -> herald.internal.v1.KickResponse
+	9,  // 12: herald.internal.v1.GatewayNode.Broadcast:output_type -> herald.internal.v1.BroadcastResponse
+	11, // 13: herald.internal.v1.GatewayNode.Refresh:output_type -> herald.internal.v1.RefreshResponse
+	9,  // [9:14] is the sub-list for method output_type
+	4,  // [4:9] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_herald_internal_v1_gateway_proto_init() }
@@ -526,7 +751,7 @@ func file_herald_internal_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_internal_v1_gateway_proto_rawDesc), len(file_herald_internal_v1_gateway_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

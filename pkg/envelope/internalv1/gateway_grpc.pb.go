@@ -25,9 +25,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	GatewayNode_Deliver_FullMethodName = "/herald.internal.v1.GatewayNode/Deliver"
-	GatewayNode_Drain_FullMethodName   = "/herald.internal.v1.GatewayNode/Drain"
-	GatewayNode_Kick_FullMethodName    = "/herald.internal.v1.GatewayNode/Kick"
+	GatewayNode_Deliver_FullMethodName   = "/herald.internal.v1.GatewayNode/Deliver"
+	GatewayNode_Drain_FullMethodName     = "/herald.internal.v1.GatewayNode/Drain"
+	GatewayNode_Kick_FullMethodName      = "/herald.internal.v1.GatewayNode/Kick"
+	GatewayNode_Broadcast_FullMethodName = "/herald.internal.v1.GatewayNode/Broadcast"
+	GatewayNode_Refresh_FullMethodName   = "/herald.internal.v1.GatewayNode/Refresh"
 )
 
 // GatewayNodeClient is the client API for GatewayNode service.
@@ -45,6 +47,14 @@ type GatewayNodeClient interface {
 	// Kick closes the device's session, if this gateway holds one (close
 	// code 4006: the device was deleted).
 	Kick(ctx context.Context, in *KickRequest, opts ...grpc.CallOption) (*KickResponse, error)
+	// Broadcast pushes a group message to every matching session of this
+	// node (paced over spread_over_ms, deferred for normal priority), or with
+	// recall set drops the queued copies of that message. It returns once the
+	// fan-out is queued, not when devices ack.
+	Broadcast(ctx context.Context, in *BroadcastRequest, opts ...grpc.CallOption) (*BroadcastResponse, error)
+	// Refresh reloads the device's tags, topics and platform into its
+	// session, if this node holds one (the api changed them).
+	Refresh(ctx context.Context, in *RefreshRequest, opts ...grpc.CallOption) (*RefreshResponse, error)
 }
 
 type gatewayNodeClient struct {
@@ -85,6 +95,26 @@ func (c *gatewayNodeClient) Kick(ctx context.Context, in *KickRequest, opts ...g
 	return out, nil
 }
 
+func (c *gatewayNodeClient) Broadcast(ctx context.Context, in *BroadcastRequest, opts ...grpc.CallOption) (*BroadcastResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BroadcastResponse)
+	err := c.cc.Invoke(ctx, GatewayNode_Broadcast_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayNodeClient) Refresh(ctx context.Context, in *RefreshRequest, opts ...grpc.CallOption) (*RefreshResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RefreshResponse)
+	err := c.cc.Invoke(ctx, GatewayNode_Refresh_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GatewayNodeServer is the server API for GatewayNode service.
 // All implementations must embed UnimplementedGatewayNodeServer
 // for forward compatibility.
@@ -100,6 +130,14 @@ type GatewayNodeServer interface {
 	// Kick closes the device's session, if this gateway holds one (close
 	// code 4006: the device was deleted).
 	Kick(context.Context, *KickRequest) (*KickResponse, error)
+	// Broadcast pushes a group message to every matching session of this
+	// node (paced over spread_over_ms, deferred for normal priority), or with
+	// recall set drops the queued copies of that message. It returns once the
+	// fan-out is queued, not when devices ack.
+	Broadcast(context.Context, *BroadcastRequest) (*BroadcastResponse, error)
+	// Refresh reloads the device's tags, topics and platform into its
+	// session, if this node holds one (the api changed them).
+	Refresh(context.Context, *RefreshRequest) (*RefreshResponse, error)
 	mustEmbedUnimplementedGatewayNodeServer()
 }
 
@@ -118,6 +156,12 @@ func (UnimplementedGatewayNodeServer) Drain(context.Context, *DrainRequest) (*Dr
 }
 func (UnimplementedGatewayNodeServer) Kick(context.Context, *KickRequest) (*KickResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Kick not implemented")
+}
+func (UnimplementedGatewayNodeServer) Broadcast(context.Context, *BroadcastRequest) (*BroadcastResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Broadcast not implemented")
+}
+func (UnimplementedGatewayNodeServer) Refresh(context.Context, *RefreshRequest) (*RefreshResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Refresh not implemented")
 }
 func (UnimplementedGatewayNodeServer) mustEmbedUnimplementedGatewayNodeServer() {}
 func (UnimplementedGatewayNodeServer) testEmbeddedByValue()                     {}
@@ -194,6 +238,42 @@ func _GatewayNode_Kick_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayNode_Broadcast_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BroadcastRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayNodeServer).Broadcast(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayNode_Broadcast_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayNodeServer).Broadcast(ctx, req.(*BroadcastRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayNode_Refresh_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RefreshRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayNodeServer).Refresh(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayNode_Refresh_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayNodeServer).Refresh(ctx, req.(*RefreshRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GatewayNode_ServiceDesc is the grpc.ServiceDesc for GatewayNode service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -212,6 +292,14 @@ var GatewayNode_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Kick",
 			Handler:    _GatewayNode_Kick_Handler,
+		},
+		{
+			MethodName: "Broadcast",
+			Handler:    _GatewayNode_Broadcast_Handler,
+		},
+		{
+			MethodName: "Refresh",
+			Handler:    _GatewayNode_Refresh_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
