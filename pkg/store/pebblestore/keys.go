@@ -25,6 +25,22 @@ import (
 //	s p comp(appID) <idemKey>                 -> be64(expires, 0 = never) msgID
 //	s y be64(expires) comp(appID) <idemKey>   -> "" (claim expiry index)
 //
+// Added for issue #4 (new tables only; the records above gained optional
+// JSON fields and still decode when they lack them):
+//
+//	s l comp(appID) comp(alias) <deviceID>    -> "" (alias index)
+//	s o comp(appID) <topic>                   -> "" (topic known to the app)
+//	s b comp(appID) <deviceID>                -> be32(badge)
+//	s q be32(yyyymmdd) comp(appID) <deviceID> -> be64(count) (daily quota)
+//	s g comp(appID) <msgID>                   -> broadcast (see encodeBroadcast)
+//	s e be64(expires) comp(appID) <msgID>     -> "" (broadcast expiry index)
+//	s h be64(due) <msgID>                     -> comp(appID) body (schedule)
+//	s j <msgID>                               -> be64(due) (schedule by id)
+//	s z comp(appID) be64(hour)                -> be64 sent, delivered, clicked
+//	s u <msgID>                               -> one byte: store.MessageState
+//	s n <msgID>                               -> be64 targeted, delivered, clicked
+//
+// A message without a state key (written before issue #4) is active.
 // Times in keys and values are Unix nanoseconds; 0 means "no expiry".
 const (
 	tableApp        = 'a'
@@ -37,6 +53,18 @@ const (
 	tableTarget     = 't'
 	tableClaim      = 'p'
 	tableClaimIndex = 'y'
+
+	tableAlias          = 'l'
+	tableTopic          = 'o'
+	tableBadge          = 'b'
+	tableQuota          = 'q'
+	tableBroadcast      = 'g'
+	tableBroadcastIndex = 'e'
+	tableSchedule       = 'h'
+	tableScheduleByID   = 'j'
+	tableStats          = 'z'
+	tableMessageState   = 'u'
+	tableCounters       = 'n'
 )
 
 func tableKey(table byte, n int) []byte {
@@ -146,6 +174,96 @@ func parseClaimIndexKey(k []byte) (expires int64, appID, key string, err error) 
 		return 0, "", "", err
 	}
 	return expires, appID, string(rest), nil
+}
+
+func aliasPrefix(appID, alias string, extra int) []byte {
+	b := tableKey(tableAlias, len(appID)+len(alias)+4+extra)
+	return appendComp(appendComp(b, appID), alias)
+}
+
+func aliasKey(appID, alias, deviceID string) []byte {
+	return append(aliasPrefix(appID, alias, len(deviceID)), deviceID...)
+}
+
+func topicKey(appID, topic string) []byte {
+	b := tableKey(tableTopic, len(appID)+len(topic)+2)
+	return append(appendComp(b, appID), topic...)
+}
+
+func badgeKey(appID, deviceID string) []byte {
+	b := tableKey(tableBadge, len(appID)+len(deviceID)+2)
+	return append(appendComp(b, appID), deviceID...)
+}
+
+// quotaDate is the UTC date of t as yyyymmdd (sorts like time).
+func quotaDate(t time.Time) uint32 {
+	y, m, d := t.UTC().Date()
+	if y < 0 {
+		return 0
+	}
+	return uint32(y)*10000 + uint32(m)*100 + uint32(d)
+}
+
+func quotaDatePrefix(date uint32) []byte {
+	return binary.BigEndian.AppendUint32(tableKey(tableQuota, 4), date)
+}
+
+func quotaKey(date uint32, appID, deviceID string) []byte {
+	b := tableKey(tableQuota, 4+len(appID)+len(deviceID)+2)
+	b = binary.BigEndian.AppendUint32(b, date)
+	return append(appendComp(b, appID), deviceID...)
+}
+
+func broadcastPrefix(appID string, extra int) []byte {
+	return appendComp(tableKey(tableBroadcast, len(appID)+2+extra), appID)
+}
+
+func broadcastKey(appID, msgID string) []byte {
+	return append(broadcastPrefix(appID, len(msgID)), msgID...)
+}
+
+func broadcastIndexKey(expires int64, appID, msgID string) []byte {
+	b := tableKey(tableBroadcastIndex, 8+len(appID)+len(msgID)+2)
+	b = binary.BigEndian.AppendUint64(b, uint64(expires))
+	return append(appendComp(b, appID), msgID...)
+}
+
+func parseBroadcastIndexKey(k []byte) (expires int64, appID, msgID string, err error) {
+	if len(k) < 10 {
+		return 0, "", "", fmt.Errorf("pebblestore: corrupt broadcast index key")
+	}
+	expires = int64(binary.BigEndian.Uint64(k[2:10]))
+	appID, rest, err := readComp(k[10:])
+	if err != nil {
+		return 0, "", "", err
+	}
+	return expires, appID, string(rest), nil
+}
+
+func scheduleKey(due int64, msgID string) []byte {
+	b := tableKey(tableSchedule, 8+len(msgID))
+	b = binary.BigEndian.AppendUint64(b, uint64(due))
+	return append(b, msgID...)
+}
+
+func scheduleByIDKey(msgID string) []byte {
+	return append(tableKey(tableScheduleByID, len(msgID)), msgID...)
+}
+
+func statsPrefix(appID string) []byte {
+	return appendComp(tableKey(tableStats, len(appID)+2+8), appID)
+}
+
+func statsKey(appID string, hour int64) []byte {
+	return binary.BigEndian.AppendUint64(statsPrefix(appID), uint64(hour))
+}
+
+func messageStateKey(msgID string) []byte {
+	return append(tableKey(tableMessageState, len(msgID)), msgID...)
+}
+
+func countersKey(msgID string) []byte {
+	return append(tableKey(tableCounters, len(msgID)), msgID...)
 }
 
 // upperBound returns the smallest key greater than every key with prefix p.

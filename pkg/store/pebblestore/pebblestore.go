@@ -1,6 +1,8 @@
 // Package pebblestore implements store.Store on the embedded Pebble database
-// (pkg/pebbledb): the app and device registry, the offline inbox, message
-// status and idempotency keys.
+// (pkg/pebbledb): the app and device registry (with the alias index, tags
+// and topics), the offline inbox, message status and state, idempotency
+// keys, badges, daily quotas, the per-app topic log of group messages,
+// scheduled sends and hourly statistics.
 //
 // Writes use pebble.NoSync: they reach Pebble's write-ahead log in order and
 // are durable as soon as any later synced write on the same database is (the
@@ -8,10 +10,12 @@
 // own writes immediately.
 //
 // Read-modify-write operations (collapse, status transitions, idempotency
-// claims) are made atomic with striped mutexes: one stripe per device for the
-// inbox and registry, one per (message, device) for status, one per key for
-// claims. Locks are always taken in the order device stripe, then status
-// stripes, so they never deadlock.
+// claims, counters) are made atomic with striped mutexes: one stripe per
+// device for the inbox, registry, badges and quotas, one per (message,
+// device) for status, one per key for claims, one per message for its state
+// and counters, one per key for broadcasts, schedules and stats. Locks are
+// always taken in the order device stripe, then status stripes; the others
+// are never held together with another, so they never deadlock.
 //
 // The key layout is documented in keys.go.
 package pebblestore
@@ -62,6 +66,8 @@ type Store struct {
 	devices [numStripes]sync.Mutex
 	targets [numStripes]sync.Mutex
 	claims  [numStripes]sync.Mutex
+	msgs    [numStripes]sync.Mutex // message state and counters, by message id
+	misc    [numStripes]sync.Mutex // broadcasts, schedules, stats: by their key
 }
 
 var _ store.Store = (*Store)(nil)
@@ -129,19 +135,32 @@ func (s *Store) enter(ctx context.Context) error {
 // ---- registry ----
 
 type appRecord struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Key       string    `json:"key"`
-	Secret    string    `json:"secret"`
-	CreatedAt time.Time `json:"created_at"`
+	ID         string    `json:"id"`
+	Name       string    `json:"name"`
+	Key        string    `json:"key"`
+	Secret     string    `json:"secret"`
+	CreatedAt  time.Time `json:"created_at"`
+	WebhookURL string    `json:"webhook_url,omitempty"`
+	RateLimit  int       `json:"rate_limit,omitempty"`
+	DailyCap   int       `json:"daily_cap,omitempty"`
 }
 
 type deviceRecord struct {
 	Platform  string    `json:"platform"`
 	Alias     string    `json:"alias"`
+	Tags      []string  `json:"tags,omitempty"`
+	Topics    []string  `json:"topics,omitempty"`
 	TokenHash []byte    `json:"token_hash"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
+}
+
+func (r deviceRecord) device(appID, deviceID string) store.Device {
+	return store.Device{
+		AppID: appID, ID: deviceID, Platform: r.Platform, Alias: r.Alias,
+		Tags: r.Tags, Topics: r.Topics, TokenHash: r.TokenHash,
+		CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
+	}
 }
 
 // CreateApp stores a new app; an existing id or key is herald.ErrConflict.
@@ -164,7 +183,10 @@ func (s *Store) CreateApp(ctx context.Context, a store.App) error {
 			return fmt.Errorf("pebblestore: create app %s: id or key taken: %w", a.ID, herald.ErrConflict)
 		}
 	}
-	v, err := marshal(appRecord(a))
+	v, err := marshal(appRecord{
+		ID: a.ID, Name: a.Name, Key: a.Key, Secret: a.Secret, CreatedAt: a.CreatedAt,
+		WebhookURL: a.WebhookURL, RateLimit: a.RateLimit, DailyCap: a.DailyCap,
+	})
 	if err != nil {
 		return fmt.Errorf("pebblestore: create app %s: %w", a.ID, err)
 	}
@@ -196,7 +218,10 @@ func (s *Store) appByID(id string) (store.App, error) {
 	if !found {
 		return store.App{}, fmt.Errorf("pebblestore: app %s: %w", id, herald.ErrAppNotFound)
 	}
-	return store.App(r), nil
+	return store.App{
+		ID: r.ID, Name: r.Name, Key: r.Key, Secret: r.Secret, CreatedAt: r.CreatedAt,
+		WebhookURL: r.WebhookURL, RateLimit: r.RateLimit, DailyCap: r.DailyCap,
+	}, nil
 }
 
 // AppByKey returns the app with the given public key or herald.ErrAppNotFound.
@@ -215,7 +240,9 @@ func (s *Store) AppByKey(ctx context.Context, key string) (store.App, error) {
 	return s.appByID(string(id))
 }
 
-// PutDevice inserts or replaces the device.
+// PutDevice inserts or replaces the device, keeping the alias index in
+// step. Its tags and topics are stored sorted and unique; its topics become
+// known to the app (TopicExists).
 func (s *Store) PutDevice(ctx context.Context, d store.Device) error {
 	if err := s.enter(ctx); err != nil {
 		return err
@@ -224,19 +251,50 @@ func (s *Store) PutDevice(ctx context.Context, d store.Device) error {
 	if d.AppID == "" || d.ID == "" {
 		return fmt.Errorf("pebblestore: put device: app id and device id are required: %w", herald.ErrInvalidArgument)
 	}
-	v, err := marshal(deviceRecord{
-		Platform: d.Platform, Alias: d.Alias, TokenHash: d.TokenHash,
-		CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
-	})
-	if err != nil {
-		return fmt.Errorf("pebblestore: put device %s/%s: %w", d.AppID, d.ID, err)
-	}
 	mu := s.deviceLock(d.AppID, d.ID)
 	mu.Lock()
 	defer mu.Unlock()
-	if err := s.db.Set(deviceKey(d.AppID, d.ID), v, pebble.NoSync); err != nil {
+	var old deviceRecord
+	found, err := s.getJSON(deviceKey(d.AppID, d.ID), &old)
+	if err != nil {
 		return fmt.Errorf("pebblestore: put device %s/%s: %w", d.AppID, d.ID, err)
 	}
+	_ = found // absent: old stays the zero record
+	r := deviceRecord{
+		Platform: d.Platform, Alias: d.Alias, Tags: sortedSet(d.Tags), Topics: sortedSet(d.Topics),
+		TokenHash: d.TokenHash, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := s.writeDevice(b, d.AppID, d.ID, old, r); err != nil {
+		return fmt.Errorf("pebblestore: put device %s/%s: %w", d.AppID, d.ID, err)
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("pebblestore: put device %s/%s: %w", d.AppID, d.ID, err)
+	}
+	return nil
+}
+
+// writeDevice adds to b the device record r replacing old (the zero record
+// when absent): the alias index follows an alias change and every topic of
+// r is recorded as known. The caller holds the device lock.
+func (s *Store) writeDevice(b *pebble.Batch, appID, deviceID string, old, r deviceRecord) error {
+	v, err := marshal(r)
+	if err != nil {
+		return err
+	}
+	if old.Alias != r.Alias && old.Alias != "" {
+		_ = b.Delete(aliasKey(appID, old.Alias, deviceID), nil)
+	}
+	if r.Alias != "" {
+		_ = b.Set(aliasKey(appID, r.Alias, deviceID), nil, nil)
+	}
+	for _, t := range r.Topics {
+		if !slices.Contains(old.Topics, t) {
+			_ = b.Set(topicKey(appID, t), nil, nil)
+		}
+	}
+	_ = b.Set(deviceKey(appID, deviceID), v, nil)
 	return nil
 }
 
@@ -254,10 +312,7 @@ func (s *Store) Device(ctx context.Context, appID, deviceID string) (store.Devic
 	if !found {
 		return store.Device{}, fmt.Errorf("pebblestore: device %s/%s: %w", appID, deviceID, herald.ErrDeviceNotFound)
 	}
-	return store.Device{
-		AppID: appID, ID: deviceID, Platform: r.Platform, Alias: r.Alias, TokenHash: r.TokenHash,
-		CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
-	}, nil
+	return r.device(appID, deviceID), nil
 }
 
 // DevicesExist reports, for every given id, whether the device is registered.
@@ -277,8 +332,9 @@ func (s *Store) DevicesExist(ctx context.Context, appID string, deviceIDs []stri
 	return out, nil
 }
 
-// DeleteDevice removes the device and every inbox entry of it, marking each
-// removed entry's (message, device) failed.
+// DeleteDevice removes the device (its alias index entry and badge too) and
+// every inbox entry of it, marking each removed entry's (message, device)
+// failed. The topics it subscribed stay known to the app.
 func (s *Store) DeleteDevice(ctx context.Context, appID, deviceID string) error {
 	if err := s.enter(ctx); err != nil {
 		return err
@@ -288,7 +344,8 @@ func (s *Store) DeleteDevice(ctx context.Context, appID, deviceID string) error 
 	mu.Lock()
 	defer mu.Unlock()
 	dk := deviceKey(appID, deviceID)
-	ok, err := s.exists(dk)
+	var rec deviceRecord
+	ok, err := s.getJSON(dk, &rec)
 	if err != nil {
 		return fmt.Errorf("pebblestore: delete device %s/%s: %w", appID, deviceID, err)
 	}
@@ -297,6 +354,10 @@ func (s *Store) DeleteDevice(ctx context.Context, appID, deviceID string) error 
 	}
 	b := s.db.NewBatch()
 	defer b.Close()
+	if rec.Alias != "" {
+		_ = b.Delete(aliasKey(appID, rec.Alias, deviceID), nil)
+	}
+	_ = b.Delete(badgeKey(appID, deviceID), nil)
 	var marks []store.Transition
 	prefix := inboxPrefix(appID, deviceID, 0)
 	err = s.scan(prefix, upperBound(prefix), func(k, v []byte) error {
@@ -515,8 +576,9 @@ func (s *Store) deleteEntry(b *pebble.Batch, appID, deviceID, msgID string, drop
 }
 
 // Sweep deletes the inbox entries that expired at or before now (marking
-// their (message, device) expired) and the idempotency claims that expired.
-// It returns the number of inbox entries deleted.
+// their (message, device) expired), the idempotency claims and topic-log
+// broadcasts that expired, and the daily quota counts of dates more than
+// two days before now's. It returns the number of inbox entries deleted.
 func (s *Store) Sweep(ctx context.Context, now time.Time) (int, error) {
 	if err := s.enter(ctx); err != nil {
 		return 0, err
@@ -550,6 +612,12 @@ func (s *Store) Sweep(ctx context.Context, now time.Time) (int, error) {
 	}
 	if err := s.sweepClaims(ctx, n); err != nil {
 		return deleted, fmt.Errorf("pebblestore: sweep claims: %w", err)
+	}
+	if err := s.sweepBroadcasts(ctx, n); err != nil {
+		return deleted, fmt.Errorf("pebblestore: sweep broadcasts: %w", err)
+	}
+	if err := s.sweepQuotas(now); err != nil {
+		return deleted, fmt.Errorf("pebblestore: sweep quotas: %w", err)
 	}
 	return deleted, nil
 }
@@ -589,11 +657,17 @@ func (s *Store) sweepEntry(k []byte) (bool, error) {
 
 // ---- status ----
 
+// messageRecord is the stored message meta. The message state is not in
+// it (it has its own key, see keys.go): a record written before the
+// audience fields existed decodes with them zero.
 type messageRecord struct {
 	AppID     string    `json:"app_id"`
 	Targets   []string  `json:"targets"`
 	CreatedAt time.Time `json:"created_at"`
 	ExpiresAt time.Time `json:"expires_at"`
+	Audience  string    `json:"audience,omitempty"`
+	Group     bool      `json:"group,omitempty"`
+	SendAt    time.Time `json:"send_at,omitzero"`
 }
 
 // CreateMessage records m with every (deduplicated) target pending.
@@ -627,11 +701,15 @@ func (s *Store) CreateMessage(ctx context.Context, m store.Message) error {
 		targets = append(targets, d)
 		_ = b.Set(targetKey(m.ID, d), pending, nil)
 	}
-	v, err := marshal(messageRecord{AppID: m.AppID, Targets: targets, CreatedAt: m.CreatedAt, ExpiresAt: m.ExpiresAt})
+	v, err := marshal(messageRecord{
+		AppID: m.AppID, Targets: targets, CreatedAt: m.CreatedAt, ExpiresAt: m.ExpiresAt,
+		Audience: m.Audience, Group: m.Group, SendAt: m.SendAt,
+	})
 	if err != nil {
 		return fmt.Errorf("pebblestore: create message %s: %w", m.ID, err)
 	}
 	_ = b.Set(mk, v, nil)
+	_ = b.Set(messageStateKey(m.ID), []byte{byte(m.State)}, nil)
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("pebblestore: create message %s: %w", m.ID, err)
 	}
@@ -645,7 +723,7 @@ func (s *Store) Mark(ctx context.Context, ts ...store.Transition) error {
 	}
 	defer s.closeMu.RUnlock()
 	for _, t := range ts {
-		if t.State == store.StatePending || t.State > store.StateCollapsed {
+		if t.State == store.StatePending || t.State > store.StateRecalled {
 			return fmt.Errorf("pebblestore: mark %s/%s: state %d is not terminal: %w",
 				t.MessageID, t.DeviceID, t.State, herald.ErrInvalidArgument)
 		}
@@ -662,6 +740,13 @@ func (s *Store) Mark(ctx context.Context, ts ...store.Transition) error {
 // commits b, holding the status stripes of every transition until then, so
 // that of concurrent transitions of one target exactly one applies.
 func (s *Store) applyWithMarks(b *pebble.Batch, ts []store.Transition) error {
+	_, err := s.applyMarks(b, ts)
+	return err
+}
+
+// applyMarks is applyWithMarks returning the transitions that applied.
+func (s *Store) applyMarks(b *pebble.Batch, ts []store.Transition) ([]store.Transition, error) {
+	var done []store.Transition
 	if len(ts) > 0 {
 		unlock := s.lockTargets(ts)
 		defer unlock()
@@ -676,7 +761,7 @@ func (s *Store) applyWithMarks(b *pebble.Batch, ts []store.Transition) error {
 			}
 			v, found, err := s.get(k)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if !found || len(v) != 1 || store.DeliveryState(v[0]) != store.StatePending {
 				continue
@@ -685,12 +770,13 @@ func (s *Store) applyWithMarks(b *pebble.Batch, ts []store.Transition) error {
 				applied[string(k)] = true
 			}
 			_ = b.Set(k, []byte{byte(t.State)}, nil)
+			done = append(done, t)
 		}
 	}
 	if b.Empty() {
-		return nil
+		return done, nil
 	}
-	return b.Commit(pebble.NoSync)
+	return done, b.Commit(pebble.NoSync)
 }
 
 // MessageStatus returns the message and its per-state counts. A target
@@ -708,9 +794,25 @@ func (s *Store) MessageStatus(ctx context.Context, messageID string) (store.Mess
 	if !found {
 		return store.Message{}, store.Counts{}, fmt.Errorf("pebblestore: message status %s: %w", messageID, herald.ErrMessageNotFound)
 	}
-	m := store.Message{ID: messageID, AppID: r.AppID, Targets: r.Targets, CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt}
+	state, err := s.messageState(messageID)
+	if err != nil {
+		return store.Message{}, store.Counts{}, fmt.Errorf("pebblestore: message status %s: %w", messageID, err)
+	}
+	m := store.Message{
+		ID: messageID, AppID: r.AppID, Targets: r.Targets, CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt,
+		Audience: r.Audience, Group: r.Group, State: state, SendAt: r.SendAt,
+	}
+	ctr, err := s.getInt64s(countersKey(messageID), 3)
+	if err != nil {
+		return store.Message{}, store.Counts{}, fmt.Errorf("pebblestore: message status %s: %w", messageID, err)
+	}
+	if m.Group {
+		c := store.Counts{Targeted: ctr[0], Delivered: ctr[1], Clicked: ctr[2]}
+		c.Pending = max(c.Targeted-c.Delivered, 0)
+		return m, c, nil
+	}
 	expired := !m.ExpiresAt.IsZero() && !s.opts.Now().Before(m.ExpiresAt)
-	var c store.Counts
+	c := store.Counts{Clicked: ctr[2]}
 	prefix := targetPrefix(messageID, 0)
 	err = s.scan(prefix, upperBound(prefix), func(_, v []byte) error {
 		if len(v) != 1 {
@@ -730,13 +832,15 @@ func (s *Store) MessageStatus(ctx context.Context, messageID string) (store.Mess
 			c.Failed++
 		case store.StateCollapsed:
 			c.Collapsed++
+		case store.StateRecalled:
+			c.Recalled++
 		}
 		return nil
 	})
 	if err != nil {
 		return store.Message{}, store.Counts{}, fmt.Errorf("pebblestore: message status %s: %w", messageID, err)
 	}
-	c.Pending = c.Targeted - c.Delivered - c.Expired - c.Failed - c.Collapsed
+	c.Pending = c.Targeted - c.Delivered - c.Expired - c.Failed - c.Collapsed - c.Recalled
 	return m, c, nil
 }
 

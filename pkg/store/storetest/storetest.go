@@ -47,6 +47,20 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Status", testStatus},
 		{"MarkConcurrent", testMarkConcurrent},
 		{"Idempotency", testIdempotency},
+		{"AppSettings", testAppSettings},
+		{"DeviceTagsTopics", testDeviceTagsTopics},
+		{"AliasIndex", testAliasIndex},
+		{"UpdateTags", testUpdateTags},
+		{"UpdateTopics", testUpdateTopics},
+		{"Badges", testBadges},
+		{"Quotas", testQuotas},
+		{"TopicLog", testTopicLog},
+		{"Schedules", testSchedules},
+		{"Stats", testStats},
+		{"MessageFields", testMessageFields},
+		{"MessageState", testMessageState},
+		{"RecallPending", testRecallPending},
+		{"GroupCounts", testGroupCounts},
 	}
 	for _, s := range suites {
 		t.Run(s.name, func(t *testing.T) { s.fn(t, openStore) })
