@@ -105,6 +105,24 @@ func TestDecodeErrors(t *testing.T) {
 	}
 }
 
+func TestTypes(t *testing.T) {
+	want := map[Type]string{TypeConnect: "CONNECT", TypePush: "PUSH", TypeDisconnect: "DISCONNECT",
+		TypeSubscribe: "SUBSCRIBE", TypeSubAck: "SUBACK", TypeReceipt: "RECEIPT", TypeSetBadge: "SETBADGE"}
+	for typ, name := range want {
+		if !typ.Valid() || typ.String() != name {
+			t.Errorf("type %d: valid %v, name %q, want valid %q", uint8(typ), typ.Valid(), typ.String(), name)
+		}
+	}
+	for _, typ := range []Type{0, TypeSetBadge + 1, 255} {
+		if typ.Valid() {
+			t.Errorf("type %d is valid, want unknown", uint8(typ))
+		}
+		if _, _, err := Decode([]byte{1, byte(typ)}, DefaultMaxFrame); !errors.Is(err, ErrUnknownType) {
+			t.Errorf("Decode of type %d: %v, want ErrUnknownType", uint8(typ), err)
+		}
+	}
+}
+
 func TestCloseCodesRetry(t *testing.T) {
 	for _, c := range []Code{CodeNormal, CodeShutdown, CodeHeartbeatTimeout, CodeServerError, CodeSlowConsumer, CodeHandshakeTimeout} {
 		if !c.Retry() {
@@ -128,6 +146,9 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
 	if b, err := AppendMessage(nil, TypeConnect, &devicev1.Connect{ProtocolVersion: 1, AppKey: "k", DeviceId: "d", DeviceToken: "t"}); err == nil {
+		f.Add(b)
+	}
+	if b, err := AppendMessage(nil, TypeSubscribe, &devicev1.Subscribe{RequestId: "r", Topics: []string{"news"}}); err == nil {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {

@@ -65,34 +65,54 @@ type sendRequest struct {
 	Options      *sendOptions      `json:"options,omitempty"`
 }
 
+// audience is exactly one of device ids, aliases, a tag expression, a
+// topic or all, with an optional platform filter.
 type audience struct {
-	DeviceIDs []string `json:"device_ids"`
+	DeviceIDs []string `json:"device_ids,omitempty"`
+	Aliases   []string `json:"aliases,omitempty"`
+	Tags      string   `json:"tags,omitempty"`
+	Topic     string   `json:"topic,omitempty"`
+	All       bool     `json:"all,omitempty"`
+	Platform  string   `json:"platform,omitempty"`
 }
 
 type notification struct {
 	Title       string `json:"title"`
 	Body        string `json:"body"`
-	Badge       *int   `json:"badge,omitempty"`
+	Badge       any    `json:"badge,omitempty"` // a number, or "+1"
 	Sound       string `json:"sound,omitempty"`
 	ClickAction string `json:"click_action,omitempty"`
+	Image       string `json:"image,omitempty"`
+	Channel     string `json:"channel,omitempty"`
 }
 
 type sendOptions struct {
-	TTLSeconds     *int64 `json:"ttl_seconds,omitempty"`
-	Priority       string `json:"priority,omitempty"`
-	CollapseID     string `json:"collapse_id,omitempty"`
-	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	TTLSeconds        *int64 `json:"ttl_seconds,omitempty"`
+	Priority          string `json:"priority,omitempty"`
+	CollapseID        string `json:"collapse_id,omitempty"`
+	IdempotencyKey    string `json:"idempotency_key,omitempty"`
+	SendAt            string `json:"send_at,omitempty"`
+	SpreadOverSeconds int64  `json:"spread_over_seconds,omitempty"`
 }
 
 type sendResponse struct {
 	MessageID        string   `json:"message_id"`
+	State            string   `json:"state,omitempty"`
 	InvalidDeviceIDs []string `json:"invalid_device_ids,omitempty"`
+	CappedDeviceIDs  []string `json:"capped_device_ids,omitempty"`
 }
 
 type statusResponse struct {
 	MessageID string `json:"message_id"`
 	State     string `json:"state"`
+	Audience  string `json:"audience,omitempty"`
+	SendAt    string `json:"send_at,omitempty"`
 	Counts    counts `json:"counts"`
+}
+
+type cancelResponse struct {
+	MessageID string `json:"message_id"`
+	State     string `json:"state"`
 }
 
 // counts accepts numbers or strings: protobuf's JSON mapping writes int64 as strings.
@@ -103,6 +123,8 @@ type counts struct {
 	Expired   count `json:"expired"`
 	Failed    count `json:"failed"`
 	Collapsed count `json:"collapsed"`
+	Clicked   count `json:"clicked"`
+	Recalled  count `json:"recalled"`
 }
 
 type count int64
@@ -146,6 +168,12 @@ func (a *apiClient) send(ctx context.Context, cred credentials, req sendRequest)
 func (a *apiClient) status(ctx context.Context, cred credentials, messageID string) (statusResponse, error) {
 	var out statusResponse
 	err := a.do(ctx, http.MethodGet, "/v1/messages/"+url.PathEscape(messageID), cred, nil, &out)
+	return out, err
+}
+
+func (a *apiClient) cancel(ctx context.Context, cred credentials, messageID string) (cancelResponse, error) {
+	var out cancelResponse
+	err := a.do(ctx, http.MethodDelete, "/v1/messages/"+url.PathEscape(messageID), cred, nil, &out)
 	return out, err
 }
 

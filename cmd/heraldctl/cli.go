@@ -27,11 +27,15 @@ commands:
   app create --name N [--admin-token T]
   device register --app-key K --app-secret S [--device-id D] [--platform android] [--alias A]
   device delete --app-key K --app-secret S --device-id D
-  send --app-key K --app-secret S --device D [--device D2 ...] [--title T] [--body B]
-       [--data k=v ...] [--badge N] [--sound S] [--click-action A] [--ttl SECONDS]
-       [--priority high|normal] [--collapse-id X] [--idempotency-key Y]
+  send --app-key K --app-secret S AUDIENCE [--platform P] [--title T] [--body B]
+       [--data k=v ...] [--badge N|+1] [--sound S] [--click-action A] [--image URL]
+       [--channel C] [--ttl SECONDS] [--priority high|normal] [--collapse-id X]
+       [--idempotency-key Y] [--send-at RFC3339|+DURATION] [--spread SECONDS]
+     AUDIENCE is one of: --device D [--device D2 ...] | --alias A [--alias A2 ...] |
+       --tags 'EXPR' | --topic T | --all
   status MESSAGE_ID --app-key K --app-secret S
-  listen --app-key K --device-id D --token T [--count N] [--endpoints URL|none]
+  cancel MESSAGE_ID --app-key K --app-secret S   (cancels a scheduled send, recalls a sent one)
+  listen --app-key K --device-id D --token T [--count N] [--topic T ...] [--endpoints URL|none]
 
 global flags (also accepted after the command):
   --api URL        REST API base URL (env HERALD_API, default http://127.0.0.1:8080)
@@ -47,6 +51,7 @@ token is also read from ./data/admin-token (written by make run).
 type cli struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	now            func() time.Time
 	http           *http.Client
 	adminTokenFile string
 
@@ -59,6 +64,7 @@ func newCLI(stdout, stderr io.Writer, getenv func(string) string) *cli {
 		stdout:         stdout,
 		stderr:         stderr,
 		getenv:         getenv,
+		now:            time.Now,
 		http:           &http.Client{Timeout: 30 * time.Second},
 		adminTokenFile: "data/admin-token",
 		api:            envOr(getenv, "HERALD_API", "http://127.0.0.1:8080"),
@@ -137,6 +143,8 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.send(ctx, rest)
 	case cmd == "status":
 		return c.status(ctx, rest)
+	case cmd == "cancel":
+		return c.cancel(ctx, rest)
 	case cmd == "listen":
 		return c.listen(ctx, rest)
 	case cmd == "app" || cmd == "device":

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // apiCall is one request the fake API received.
@@ -73,7 +75,7 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"message_id":"01MSG"}`)
 	case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/messages/"):
 		// int64 counts as protojson writes them (strings) and as plain numbers.
-		io.WriteString(w, `{"message_id":"01MSG","state":"delivering","counts":{"targeted":"3","delivered":2,"pending":"1","expired":0,"failed":"0"}}`)
+		io.WriteString(w, `{"message_id":"01MSG","state":"delivering","counts":{"targeted":"3","delivered":2,"clicked":"1","pending":"1","expired":0,"failed":"0"}}`)
 	default:
 		w.WriteHeader(http.StatusNotFound)
 		io.WriteString(w, `{"error":{"code":"not_found","message":"no such route"}}`)
@@ -246,6 +248,28 @@ func TestSend(t *testing.T) {
 			args:     []string{"--device", "d1", "--data", "k=", "--ttl", "3600", "--priority", "high"},
 			wantBody: `{"audience":{"device_ids":["d1"]},"data":{"k":""},"options":{"ttl_seconds":3600,"priority":"high"}}`,
 		},
+		{
+			name:     "aliases on one platform",
+			args:     []string{"--alias", "alice", "--alias", "bob", "--platform", "ios", "--body", "B", "--badge", "+1"},
+			wantBody: `{"audience":{"aliases":["alice","bob"],"platform":"ios"},"notification":{"title":"","body":"B","badge":"+1"}}`,
+		},
+		{
+			name: "tag expression, spread and scheduled",
+			args: []string{"--tags", "vip && (cn || hk)", "--title", "Sale", "--image", "https://i.example/a.png", "--channel", "promo",
+				"--spread", "600", "--send-at", "2030-01-02T15:04:05Z"},
+			wantBody: `{"audience":{"tags":"vip && (cn || hk)"},"notification":{"title":"Sale","body":"","image":"https://i.example/a.png","channel":"promo"},
+				"options":{"spread_over_seconds":600,"send_at":"2030-01-02T15:04:05Z"}}`,
+		},
+		{
+			name:     "topic",
+			args:     []string{"--topic", "news", "--data", "k=v", "--priority", "normal"},
+			wantBody: `{"audience":{"topic":"news"},"data":{"k":"v"},"options":{"priority":"normal"}}`,
+		},
+		{
+			name:     "everyone on android",
+			args:     []string{"--all", "--platform", "android", "--body", "B"},
+			wantBody: `{"audience":{"all":true,"platform":"android"},"notification":{"title":"","body":"B"}}`,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -269,14 +293,49 @@ func TestSend(t *testing.T) {
 	}
 }
 
+func TestSendAtFromNow(t *testing.T) {
+	api, url := newFakeAPI(t)
+	api.answer = func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		io.WriteString(w, `{"message_id":"01MSG","state":"scheduled"}`)
+	}
+	before := time.Now()
+	code, out, errOut := runCLI(t, nil, "--api", url, "send", "--app-key", "k", "--app-secret", "s", "--all", "--body", "x", "--send-at", "+10m")
+	if code != exitOK || out != "01MSG\n" || !strings.Contains(errOut, "scheduled for") {
+		t.Fatalf("exit %d, out %q, err %q", code, out, errOut)
+	}
+	opts, _ := api.only().body["options"].(map[string]any)
+	at, err := time.Parse(time.RFC3339, fmt.Sprint(opts["send_at"]))
+	if err != nil || at.Before(before.Add(10*time.Minute).Add(-time.Second)) || at.After(time.Now().Add(10*time.Minute)) {
+		t.Fatalf("send_at %v (%v), want about 10 minutes from now", opts["send_at"], err)
+	}
+}
+
+func TestCancel(t *testing.T) {
+	api, url := newFakeAPI(t)
+	api.answer = func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{"message_id":"01MSG","state":"recalled"}`)
+	}
+	code, out, errOut := runCLI(t, nil, "--api", url, "cancel", "01MSG", "--app-key", "key1", "--app-secret", "secret1")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if call := api.only(); call.method != "DELETE" || call.path != "/v1/messages/01MSG" || call.auth != basicKeySecret {
+		t.Fatalf("request %+v", call)
+	}
+	if want := "message_id:   01MSG\nstate:        recalled\n"; out != want {
+		t.Fatalf("output %q, want %q", out, want)
+	}
+}
+
 func TestSendReportsInvalidDevices(t *testing.T) {
 	api, url := newFakeAPI(t)
 	api.answer = func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusAccepted)
-		io.WriteString(w, `{"message_id":"01MSG","invalid_device_ids":["nope"]}`)
+		io.WriteString(w, `{"message_id":"01MSG","invalid_device_ids":["nope"],"capped_device_ids":["busy"]}`)
 	}
-	code, out, errOut := runCLI(t, nil, "--api", url, "send", "--app-key", "k", "--app-secret", "s", "--device", "nope", "--device", "d1", "--body", "x")
-	if code != exitOK || out != "01MSG\n" || !strings.Contains(errOut, "nope") {
+	code, out, errOut := runCLI(t, nil, "--api", url, "send", "--app-key", "k", "--app-secret", "s", "--device", "nope", "--device", "busy", "--body", "x")
+	if code != exitOK || out != "01MSG\n" || !strings.Contains(errOut, "nope") || !strings.Contains(errOut, "daily cap not targeted: busy") {
 		t.Fatalf("exit %d, out %q, err %q", code, out, errOut)
 	}
 }
@@ -294,7 +353,7 @@ func TestStatus(t *testing.T) {
 		if call := api.only(); call.method != "GET" || call.path != "/v1/messages/01MSG" || call.auth != basicKeySecret {
 			t.Fatalf("request %+v", call)
 		}
-		want := "message_id:   01MSG\nstate:        delivering\ntargeted:     3\ndelivered:    2\npending:      1\nexpired:      0\nfailed:       0\ncollapsed:    0\n"
+		want := "message_id:   01MSG\nstate:        delivering\ntargeted:     3\ndelivered:    2\nclicked:      1\npending:      1\nexpired:      0\nfailed:       0\ncollapsed:    0\nrecalled:     0\n"
 		if out != want {
 			t.Fatalf("output:\n%s\nwant:\n%s", out, want)
 		}
@@ -323,7 +382,14 @@ func TestUsageErrors(t *testing.T) {
 		{"app create without token", []string{"app", "create", "--name", "n"}, "no admin token"},
 		{"register without secret", []string{"device", "register", "--app-key", "k"}, "--app-secret is required"},
 		{"delete without id", append([]string{"device", "delete"}, creds...), "--device-id is required"},
-		{"send without device", append([]string{"send", "--title", "t"}, creds...), "--device is required"},
+		{"send without audience", append([]string{"send", "--title", "t"}, creds...), "an audience is required"},
+		{"send to two audiences", append([]string{"send", "--device", "d", "--all", "--title", "t"}, creds...), "give one audience"},
+		{"send to an empty tag expression and a topic", append([]string{"send", "--tags", "", "--topic", "t", "--title", "t"}, creds...), "give one audience"},
+		{"send bad badge", append([]string{"send", "--device", "d", "--badge", "+2"}, creds...), "want a number >= 0 or +1"},
+		{"send negative badge", append([]string{"send", "--device", "d", "--badge", "-1"}, creds...), "want a number >= 0 or +1"},
+		{"send bad send-at", append([]string{"send", "--all", "--body", "b", "--send-at", "tomorrow"}, creds...), "--send-at"},
+		{"send negative spread", append([]string{"send", "--all", "--body", "b", "--spread", "-1"}, creds...), "--spread"},
+		{"cancel without id", append([]string{"cancel"}, creds...), "want exactly one message id"},
 		{"send nothing", append([]string{"send", "--device", "d"}, creds...), "nothing to send"},
 		{"send bad data", append([]string{"send", "--device", "d", "--data", "novalue"}, creds...), "want key=value"},
 		{"send bad priority", append([]string{"send", "--device", "d", "--body", "b", "--priority", "urgent"}, creds...), "want high or normal"},

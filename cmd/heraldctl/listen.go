@@ -19,6 +19,9 @@ type listenLine struct {
 	Badge       *int              `json:"badge,omitempty"`
 	Sound       string            `json:"sound,omitempty"`
 	ClickAction string            `json:"click_action,omitempty"`
+	Image       string            `json:"image,omitempty"`
+	Channel     string            `json:"channel,omitempty"`
+	Group       bool              `json:"group,omitempty"`
 	Data        map[string]string `json:"data,omitempty"`
 	SentAtMS    int64             `json:"sent_at_ms,omitempty"`
 	CollapseID  string            `json:"collapse_id,omitempty"`
@@ -30,6 +33,8 @@ func (c *cli) listen(ctx context.Context, args []string) error {
 	device := fs.String("device-id", c.getenv("HERALD_DEVICE_ID"), "device id (env HERALD_DEVICE_ID)")
 	token := fs.String("token", c.getenv("HERALD_DEVICE_TOKEN"), "device token (env HERALD_DEVICE_TOKEN)")
 	limit := fs.Int("count", 0, "exit after this many messages (0 = run until interrupted)")
+	var topics listFlag
+	fs.Var(&topics, "topic", "subscribe the device to this topic once connected (repeatable)")
 	endpoints := fs.String("endpoints", "", "API base `URL` to fetch the gateway list from (default: the --api URL, unless --gateway is given; \"none\": --gateway only)")
 	pos, err := parse(fs, args)
 	if err != nil {
@@ -49,9 +54,14 @@ func (c *cli) listen(ctx context.Context, args []string) error {
 	var (
 		client   *herald.Client
 		received int
-		mu       sync.Mutex // guards writeErr, set from OnMessage
+		mu       sync.Mutex // guards writeErr, set from OnMessage, and stderr
 		writeErr error
 	)
+	note := func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(c.stderr, "heraldctl: "+format+"\n", args...)
+	}
 	enc := json.NewEncoder(c.stdout)
 	client, err = herald.New(herald.Config{
 		Addrs:        []string{c.gateway},
@@ -62,7 +72,8 @@ func (c *cli) listen(ctx context.Context, args []string) error {
 		OnMessage: func(m herald.Message) {
 			line := listenLine{
 				MessageID: m.ID, Kind: m.Kind, Title: m.Title, Body: m.Body, Badge: m.Badge,
-				Sound: m.Sound, ClickAction: m.ClickAction, Data: m.Data, CollapseID: m.CollapseID,
+				Sound: m.Sound, ClickAction: m.ClickAction, Image: m.Image, Channel: m.Channel, Group: m.Group,
+				Data: m.Data, CollapseID: m.CollapseID,
 			}
 			if !m.SentAt.IsZero() {
 				line.SentAtMS = m.SentAt.UnixMilli()
@@ -82,22 +93,46 @@ func (c *cli) listen(ctx context.Context, args []string) error {
 		OnState: func(s herald.State, err error) {
 			switch {
 			case s == herald.Connected && listURL != "":
-				fmt.Fprintf(c.stderr, "heraldctl: connected (gateway list from %s, fallback %s)\n", listURL, c.gateway)
+				note("connected (gateway list from %s, fallback %s)", listURL, c.gateway)
 			case s == herald.Connected:
-				fmt.Fprintf(c.stderr, "heraldctl: connected to %s\n", c.gateway)
+				note("connected to %s", c.gateway)
 			case s == herald.Disconnected && err != nil:
-				fmt.Fprintf(c.stderr, "heraldctl: disconnected: %v\n", err)
+				note("disconnected: %v", err)
 			}
 		},
 	})
 	if err != nil {
 		return usagef("listen: %v", err)
 	}
+	var (
+		wg     sync.WaitGroup
+		subErr error // set by the subscriber before wg.Wait returns
+	)
+	if len(topics) > 0 {
+		wg.Go(func() {
+			// Waits for the connection; ends with ErrClosed when Run returns first.
+			if err := client.Subscribe(ctx, topics...); err != nil {
+				if !errors.Is(err, herald.ErrClosed) && ctx.Err() == nil {
+					subErr = fmt.Errorf("subscribe: %w", err)
+					_ = client.Close()
+				}
+				return
+			}
+			note("subscribed to %s", topics.String())
+		})
+	}
 	err = client.Run(ctx)
+	wg.Wait()
 	mu.Lock()
 	defer mu.Unlock()
 	if writeErr != nil {
 		return fmt.Errorf("write message: %w", writeErr)
+	}
+	if errors.Is(subErr, herald.ErrInvalidArgument) {
+		return usagef("listen: --topic: %v", subErr)
+	}
+	if subErr != nil {
+		return subErr
 	}
 	if errors.Is(err, context.Canceled) {
 		return nil // interrupted

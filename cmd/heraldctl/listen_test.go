@@ -192,3 +192,53 @@ func TestListenStopsOnInterrupt(t *testing.T) {
 		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 }
+
+func TestListenSubscribesToTopics(t *testing.T) {
+	tests := []struct {
+		name     string
+		subErr   string // the SUBACK error
+		wantCode int
+		want     string // in stderr
+	}{
+		{"subscribed", "", exitOK, "heraldctl: subscribed to news,sports"},
+		{"refused", "invalid_topic", exitError, "rejected: invalid_topic"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := newGateway(t)
+			done := startListen(t, g, "--app-key", "ak", "--device-id", "d1", "--token", "tok", "--count", "1", "--topic", "news", "--topic", "sports")
+			g.accept()
+			g.expect(frame.TypeConnect, nil)
+			g.send(frame.TypeConnAck, &devicev1.ConnAck{ProtocolVersion: 1, HeartbeatSeconds: 30, MaxFrameBytes: frame.DefaultMaxFrame})
+			var sub devicev1.Subscribe
+			g.expect(frame.TypeSubscribe, &sub)
+			if !reflect.DeepEqual(sub.GetTopics(), []string{"news", "sports"}) || sub.GetUnsubscribe() {
+				t.Fatalf("SUBSCRIBE %v", &sub)
+			}
+			g.send(frame.TypeSubAck, &devicev1.SubAck{RequestId: sub.GetRequestId(), Error: tt.subErr})
+			if tt.subErr == "" {
+				g.send(frame.TypePush, &devicev1.Push{MessageId: "g1", Kind: devicev1.Kind_KIND_NOTIFICATION, Group: true,
+					Notification: &devicev1.Notification{Title: "News", Badge: -1, Image: "https://i.example/n.png", Channel: "headlines"}})
+				g.expect(frame.TypeAck, nil)
+			}
+			g.expect(frame.TypeDisconnect, nil)
+
+			r := waitListen(t, done)
+			if r.code != tt.wantCode || !strings.Contains(r.stderr, tt.want) {
+				t.Fatalf("exit %d, stderr %q; want exit %d and %q", r.code, r.stderr, tt.wantCode, tt.want)
+			}
+			if tt.subErr != "" {
+				return
+			}
+			var got map[string]any
+			if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+				t.Fatalf("stdout %q: %v", r.stdout, err)
+			}
+			want := map[string]any{"message_id": "g1", "kind": "notification", "title": "News", "body": "",
+				"image": "https://i.example/n.png", "channel": "headlines", "group": true}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("printed %v, want %v", got, want)
+			}
+		})
+	}
+}

@@ -56,6 +56,13 @@ type Config struct {
 	// ResumeCursor is the newest message id handled before this process
 	// started (see Client.Cursor).
 	ResumeCursor string
+	// BroadcastCursor is the newest broadcast, tag or topic message id
+	// handled before this process started (see Client.BroadcastCursor).
+	BroadcastCursor string
+	// HandledGroupIDs are the group message ids handled before this process
+	// started (see Client.HandledGroupIDs). They seed de-duplication, so the
+	// group messages the server replays on connect are not handled twice.
+	HandledGroupIDs []string
 	// OnMessage is called for every new message, in order, one at a time.
 	// The message is acknowledged after it returns. It may call Close.
 	OnMessage func(Message)
@@ -68,7 +75,10 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the reconnect delay (exponential with
 	// full jitter).
 	MinBackoff, MaxBackoff time.Duration
-	// DedupSize is how many handled message ids are remembered.
+	// DedupSize is how many handled message ids are remembered (default
+	// DefaultDedupSize). Group messages replayed on reconnect are dropped
+	// as duplicates only while their ids are remembered: keep it above the
+	// messages a device gets in the server's replay look-back (70 min).
 	DedupSize int
 }
 
@@ -112,11 +122,16 @@ type Client struct {
 	closed    bool
 	cancelRun context.CancelCauseFunc
 	finished  chan struct{} // closed when Run returns
-	cursor    string
+	cursor    string        // newest unicast message id handled
+	bcursor   string        // newest group message id handled
+	groupIDs  []string      // the last maxGroupIDs group message ids handled, oldest first
 	sess      *session
 	connected chan struct{}          // closed when the next session is up
-	pending   map[string]chan string // upstream request id -> UPACK error
+	pending   map[string]chan string // UPSTREAM/SUBSCRIBE request id -> answer's error
 }
+
+// maxGroupIDs is how many group message ids HandledGroupIDs returns at most.
+const maxGroupIDs = 1024
 
 // New checks cfg and returns a client. It does not connect: Run does.
 func New(cfg Config) (*Client, error) {
@@ -177,7 +192,7 @@ func New(cfg Config) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{
+	c := &Client{
 		cfg:          cfg,
 		log:          log.With("device_id", cfg.DeviceID),
 		dedup:        newDedup(cfg.DedupSize),
@@ -185,17 +200,52 @@ func New(cfg Config) (*Client, error) {
 		http:         httpClient,
 		finished:     make(chan struct{}),
 		cursor:       cfg.ResumeCursor,
+		bcursor:      cfg.BroadcastCursor,
 		connected:    make(chan struct{}),
 		pending:      make(map[string]chan string),
-	}, nil
+	}
+	seed := cfg.HandledGroupIDs[max(0, len(cfg.HandledGroupIDs)-maxGroupIDs):]
+	for _, id := range seed {
+		if id != "" {
+			c.dedup.add(id)
+			c.groupIDs = append(c.groupIDs, id)
+		}
+	}
+	c.cfg.HandledGroupIDs = nil
+	return c, nil
 }
 
-// Cursor returns the id of the newest message handled so far (or
-// Config.ResumeCursor if none was).
+// Cursor returns the id of the newest message sent to this device alone
+// (not a group message) handled so far, or Config.ResumeCursor if none was.
+// It is sent as CONNECT.resume_cursor on every connect.
 func (c *Client) Cursor() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.cursor
+}
+
+// BroadcastCursor returns the id of the newest broadcast, tag or topic
+// message (Message.Group) handled so far, or Config.BroadcastCursor if none
+// was. It is sent as CONNECT.broadcast_cursor on every connect: the server
+// replays the group messages the device missed from there (minus a
+// look-back). Persist it with HandledGroupIDs and pass both back in Config
+// after a restart.
+func (c *Client) BroadcastCursor() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bcursor
+}
+
+// HandledGroupIDs returns the ids of the last group messages handled
+// (at most 1024, oldest first), including those of
+// Config.HandledGroupIDs. The server's replay on connect looks back past the
+// broadcast cursor, so it re-sends recent group messages; an app that
+// persists these ids and passes them back as Config.HandledGroupIDs after a
+// restart does not see those again.
+func (c *Client) HandledGroupIDs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.groupIDs...)
 }
 
 // Close stops Run: the current session acknowledges what was handled, says
@@ -376,6 +426,25 @@ func sleep(ctx context.Context, d time.Duration) error {
 // request id (at-least-once). It gives up when ctx ends or the client closes.
 func (c *Client) Upstream(ctx context.Context, channel string, payload []byte) error {
 	id := rand.Text()
+	b, err := frame.AppendMessage(nil, frame.TypeUpstream, &devicev1.Upstream{RequestId: id, Channel: channel, Payload: payload})
+	if err != nil {
+		return fmt.Errorf("herald: upstream: %w", err)
+	}
+	code, err := c.request(ctx, id, frame.TypeUpstream, b)
+	if err != nil {
+		return err
+	}
+	if code != "" {
+		return &UpstreamError{RequestID: id, Code: code}
+	}
+	return nil
+}
+
+// request sends the request frame b (of type t, request id id) and waits
+// for its answer (UPACK, SUBACK), resending b on every new connection until
+// one arrives. It returns the answer's error string ("" on success); its
+// errors are ErrTooLarge (wrapped), ErrClosed and ctx.Err().
+func (c *Client) request(ctx context.Context, id string, t frame.Type, b []byte) (string, error) {
 	answer := make(chan string, 1)
 	c.mu.Lock()
 	c.pending[id] = answer
@@ -385,42 +454,30 @@ func (c *Client) Upstream(ctx context.Context, channel string, payload []byte) e
 		delete(c.pending, id)
 		c.mu.Unlock()
 	}()
-
-	up := &devicev1.Upstream{RequestId: id, Channel: channel, Payload: payload}
-	b, err := frame.AppendMessage(nil, frame.TypeUpstream, up)
-	if err != nil {
-		return fmt.Errorf("herald: upstream: %w", err)
-	}
 	for {
 		s, err := c.waitSession(ctx)
 		if err != nil {
-			return err
+			return "", err
 		}
 		if len(b) > s.maxFrame {
-			return fmt.Errorf("%w: upstream frame of %d bytes, server accepts %d", ErrTooLarge, len(b), s.maxFrame)
+			return "", fmt.Errorf("%w: %s frame of %d bytes, server accepts %d", ErrTooLarge, t, len(b), s.maxFrame)
 		}
 		if err := s.write(b); err != nil {
-			c.log.Debug("upstream write failed", "request_id", id, "err", err)
+			c.log.Debug("request write failed", "request_id", id, "err", err)
 		}
 		select {
 		case e := <-answer:
-			if e != "" {
-				return &UpstreamError{RequestID: id, Code: e}
-			}
-			return nil
+			return e, nil
 		case <-s.dead:
 			select {
 			case e := <-answer:
-				if e != "" {
-					return &UpstreamError{RequestID: id, Code: e}
-				}
-				return nil
+				return e, nil
 			default: // resend on the next connection
 			}
 		case <-ctx.Done():
-			return ctx.Err()
+			return "", ctx.Err()
 		case <-c.finished:
-			return ErrClosed
+			return "", ErrClosed
 		}
 	}
 }
@@ -453,7 +510,8 @@ func (c *Client) waitSession(ctx context.Context) (*session, error) {
 	}
 }
 
-func (c *Client) deliverUpAck(a upAck) {
+// deliverAnswer hands an UPACK or SUBACK to the request waiting for it.
+func (c *Client) deliverAnswer(a answer) {
 	c.mu.Lock()
 	ch := c.pending[a.requestID]
 	c.mu.Unlock()
@@ -466,10 +524,17 @@ func (c *Client) deliverUpAck(a upAck) {
 	}
 }
 
-func (c *Client) advanceCursor(id string) {
+// handled advances the cursor m belongs to; m was passed to OnMessage.
+func (c *Client) handled(m Message) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if id > c.cursor {
-		c.cursor = id
+	if !m.Group {
+		c.cursor = max(c.cursor, m.ID)
+		return
+	}
+	c.bcursor = max(c.bcursor, m.ID)
+	c.groupIDs = append(c.groupIDs, m.ID)
+	if len(c.groupIDs) > maxGroupIDs {
+		c.groupIDs = c.groupIDs[len(c.groupIDs)-maxGroupIDs:]
 	}
 }

@@ -31,9 +31,24 @@
 //     batched but never held back more than a few milliseconds.
 //   - A message id already handled is acknowledged again but not passed to
 //     OnMessage (the last Config.DedupSize ids are remembered).
-//   - Cursor returns the newest message id handled; it is sent on every
-//     reconnect so the server skips what the device already has. Persist it
-//     and pass it back as Config.ResumeCursor after a restart.
+//   - Cursor returns the newest message id handled of those sent to this
+//     device alone; it is sent on every reconnect so the server skips what
+//     the device already has. Persist it and pass it back as
+//     Config.ResumeCursor after a restart.
+//   - Broadcast, tag and topic messages (Message.Group) advance
+//     BroadcastCursor instead; the server replays the group messages the
+//     device missed from it on every connect, looking back a while past it
+//     (so a message paced or deferred by the server is not missed) and
+//     re-sending some the device has: the SDK drops those as duplicates.
+//     Persist BroadcastCursor and HandledGroupIDs and pass them back as
+//     Config.BroadcastCursor and Config.HandledGroupIDs after a restart.
+//   - Subscribe and Unsubscribe change the device's topics and return once
+//     the server stored the change (resent on the next connection if the
+//     connection drops first).
+//   - ReportClick and ReportOpen report what the user did with messages, and
+//     SetBadge sets the server's badge counter for the device; they send on
+//     the current connection only and return ErrNotConnected when there is
+//     none.
 //   - Network errors and close codes 3000-3999 make the client reconnect with
 //     exponential backoff and full jitter, honouring the server's retry-after
 //     and redirect. Close codes 4000-4999 stop Run with a *CloseError.

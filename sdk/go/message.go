@@ -23,20 +23,27 @@ type Message struct {
 	Badge       *int // nil when the message does not set a badge
 	Sound       string
 	ClickAction string
+	Image       string // URL of an image to show with the notification
+	Channel     string // notification channel (Android) / category to show it in
 	Data        map[string]string
 	SentAt      time.Time // zero if unknown
 	CollapseID  string
+	// Group is true for broadcast, tag and topic messages: they advance
+	// Client.BroadcastCursor instead of Client.Cursor.
+	Group bool
 }
 
 // serverFrame is one decoded frame from the server after the handshake.
 type serverFrame struct {
 	typ        frame.Type
 	push       Message     // TypePush
-	upAck      upAck       // TypeUpAck
+	answer     answer      // TypeUpAck, TypeSubAck
 	disconnect *CloseError // TypeDisconnect
 }
 
-type upAck struct {
+// answer is the server's answer to a request the client is waiting for
+// (UPSTREAM, SUBSCRIBE): empty err means success.
+type answer struct {
 	requestID string
 	err       string
 }
@@ -61,7 +68,13 @@ func parseServerFrame(f frame.Frame) (serverFrame, error) {
 		if err := proto.Unmarshal(f.Body, &a); err != nil {
 			return sf, fmt.Errorf("herald: decode UPACK: %w", err)
 		}
-		sf.upAck = upAck{requestID: a.GetRequestId(), err: a.GetError()}
+		sf.answer = answer{requestID: a.GetRequestId(), err: a.GetError()}
+	case frame.TypeSubAck:
+		var a devicev1.SubAck
+		if err := proto.Unmarshal(f.Body, &a); err != nil {
+			return sf, fmt.Errorf("herald: decode SUBACK: %w", err)
+		}
+		sf.answer = answer{requestID: a.GetRequestId(), err: a.GetError()}
 	case frame.TypeDisconnect:
 		ce, err := parseDisconnect(f.Body)
 		if err != nil {
@@ -92,6 +105,7 @@ func messageFromProto(p *devicev1.Push) Message {
 		ID:         p.GetMessageId(),
 		Data:       p.GetData(),
 		CollapseID: p.GetCollapseId(),
+		Group:      p.GetGroup(),
 	}
 	switch p.GetKind() {
 	case devicev1.Kind_KIND_NOTIFICATION:
@@ -102,6 +116,7 @@ func messageFromProto(p *devicev1.Push) Message {
 	if n := p.GetNotification(); n != nil {
 		m.Title, m.Body = n.GetTitle(), n.GetBody()
 		m.Sound, m.ClickAction = n.GetSound(), n.GetClickAction()
+		m.Image, m.Channel = n.GetImage(), n.GetChannel()
 		if n.GetBadge() >= 0 {
 			b := int(n.GetBadge())
 			m.Badge = &b

@@ -87,6 +87,7 @@ func (c *Client) handshake(conn net.Conn, addr string) (*session, error) {
 		DeviceId:         c.cfg.DeviceID,
 		DeviceToken:      c.cfg.Token,
 		ResumeCursor:     c.Cursor(),
+		BroadcastCursor:  c.BroadcastCursor(),
 		ClientVersion:    "herald-sdk-go/" + Version,
 		HeartbeatSeconds: hbSeconds,
 	})
@@ -227,8 +228,8 @@ func (s *session) readLoop() error {
 			_ = s.write(frame.Pong)
 		case frame.TypePush:
 			batch = append(batch, sf.push)
-		case frame.TypeUpAck:
-			s.c.deliverUpAck(sf.upAck)
+		case frame.TypeUpAck, frame.TypeSubAck:
+			s.c.deliverAnswer(sf.answer)
 		case frame.TypeDisconnect:
 			return sf.disconnect
 		}
@@ -373,13 +374,15 @@ func (s *session) handle(m Message) bool {
 		return false
 	}
 	if c.dedup.seen(m.ID) {
-		c.log.Debug("duplicate message", "message_id", m.ID)
+		// A redelivery, or a group message replayed from the look-back
+		// window (docs/protocol.md, "Broadcast cursor").
+		c.log.Debug("duplicate message", "message_id", m.ID, "group", m.Group)
 		return true
 	}
 	if c.cfg.OnMessage != nil {
 		c.cfg.OnMessage(m)
 	}
 	c.dedup.add(m.ID)
-	c.advanceCursor(m.ID)
+	c.handled(m)
 	return true
 }
