@@ -1,22 +1,30 @@
 // Package cassandrastore implements store.Store on Apache Cassandra (5.0,
 // native protocol 4 or 5) through the Apache Cassandra GoCQL driver: the
-// app and device registry, the offline inbox, per-message delivery status
-// and idempotency keys.
+// app and device registry (with tags, topics and the alias index), the
+// offline inbox, per-message delivery status, states and counters,
+// idempotency keys, badges, daily quotas, the topic log of group
+// messages, scheduled sends and hourly statistics.
 //
 // The schema is the versioned CQL under deploy/cassandra, applied by
 // Migrate; docs/cassandra.md explains the data model and why each
 // operation uses the consistency mechanism it does. In short:
 //
-//   - CreateApp, Claim/Release and collapsing inbox Puts use lightweight
-//     transactions (Paxos): they are compare-and-set by nature and rare.
+//   - CreateApp, UpdateApp, Claim/Release, collapsing inbox Puts,
+//     UpdateTags/UpdateTopics (IF EXISTS), SetMessageState, AddBadge,
+//     SetBadge and CountDaily use lightweight transactions (Paxos): they
+//     are compare-and-set by nature, or must return an exact new value.
+//   - Message counters and statistics are counter tables: increments
+//     commute, and a timed-out increment is not retried (it may have
+//     applied).
 //   - Mark, the hot ack path, does not: a target's state only moves forward
 //     because pending rows are written at write timestamp 1 and terminal
 //     states at a timestamp that decreases with wall time, so of racing
 //     terminal writes the first one wins on every replica, and a read
 //     before the write skips targets that are unknown or already terminal.
-//   - Inbox rows carry USING TTL = the entry's remaining lifetime, so
-//     expired entries vanish without a sweeper; List also filters on the
-//     stored expiry, which is exact to the millisecond.
+//   - Inbox and topic-log rows carry USING TTL = the entry's remaining
+//     lifetime, daily counts a TTL of 2 days past their day, so expired
+//     data vanishes without a sweeper; List and ListBroadcasts also filter
+//     on the stored expiry, which is exact to the millisecond.
 //
 // Unavailable replicas, timeouts and overload are retried a few times with
 // backoff; after that they surface wrapped in herald.ErrUnavailable.
@@ -54,16 +62,21 @@ type Config struct {
 	// Timeout of one request on the client side. Default 12s: above
 	// Cassandra's own request timeouts, so the server answers first.
 	Timeout time.Duration
+	// MaxBroadcastAge is how far back ListBroadcasts looks for group
+	// messages when its cursor is older (or none): at least the longest
+	// message TTL the api accepts (api.max_ttl). Default 31 days.
+	MaxBroadcastAge time.Duration
 	// Now is the clock; default time.Now. Tests set it.
 	Now func() time.Time
 }
 
 // Store implements store.Store on a Cassandra session it owns.
 type Store struct {
-	session *gocql.Session
-	now     func() time.Time
-	logger  *slog.Logger
-	closed  atomic.Bool
+	session         *gocql.Session
+	now             func() time.Time
+	maxBroadcastAge time.Duration
+	logger          *slog.Logger
+	closed          atomic.Bool
 }
 
 var _ store.Store = (*Store)(nil)
@@ -102,7 +115,10 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*Store, error) 
 	if err != nil {
 		return nil, fmt.Errorf("cassandrastore: open %s: %w", strings.Join(cfg.Hosts, ","), err)
 	}
-	return &Store{session: session, now: cfg.Now, logger: logger}, nil
+	if cfg.MaxBroadcastAge <= 0 {
+		cfg.MaxBroadcastAge = defaultMaxBroadcastAge
+	}
+	return &Store{session: session, now: cfg.Now, maxBroadcastAge: cfg.MaxBroadcastAge, logger: logger}, nil
 }
 
 // newCluster returns the driver configuration shared by Open and Migrate.
@@ -329,6 +345,27 @@ func timestampOrNil(t time.Time) any {
 	}
 	return t
 }
+
+// unsetIfZero leaves a column untouched (no tombstone) for 0.
+func unsetIfZero(n int) any {
+	if n == 0 {
+		return gocql.UnsetValue
+	}
+	return n
+}
+
+// unixDay is the number of days from 1970-01-01 to t's UTC date.
+func unixDay(t time.Time) int {
+	secs := t.Unix()
+	day := secs / 86400
+	if secs%86400 < 0 {
+		day--
+	}
+	return int(day)
+}
+
+// dayStart is the first instant of unixDay day.
+func dayStart(day int) time.Time { return time.Unix(int64(day)*86400, 0).UTC() }
 
 // ---- logging ----
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/heraldpush/herald"
 	schema "github.com/heraldpush/herald/deploy/cassandra"
+	"github.com/heraldpush/herald/pkg/ids"
 )
 
 // Tests that need no Cassandra; the engine tests are in
@@ -206,5 +207,127 @@ func TestRetryStopsOnPermanentErrors(t *testing.T) {
 	})
 	if err != nil || calls != 3 {
 		t.Errorf("retry of a transient error: %d calls, %v; want success on the 3rd", calls, err)
+	}
+}
+
+func TestUnixDay(t *testing.T) {
+	tests := []struct {
+		name string
+		t    time.Time
+		want int
+	}{
+		{"epoch", time.Unix(0, 0), 0},
+		{"last second of day 0", time.Unix(86399, 999_999_999), 0},
+		{"day 1", time.Unix(86400, 0), 1},
+		{"before the epoch", time.Unix(-1, 0), -1},
+		{"a day before the epoch", time.Unix(-86400, 0), -1},
+		{"zone does not matter", time.Date(2025, 3, 1, 23, 30, 0, 0, time.FixedZone("UTC-5", -5*3600)), unixDay(time.Date(2025, 3, 2, 4, 30, 0, 0, time.UTC))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := unixDay(tt.t); got != tt.want {
+				t.Errorf("unixDay(%v) = %d, want %d", tt.t, got, tt.want)
+			}
+			if s := dayStart(tt.want); unixDay(s) != tt.want || unixDay(s.Add(-time.Nanosecond)) != tt.want-1 {
+				t.Errorf("dayStart(%d) = %v is not the first instant of the day", tt.want, s)
+			}
+		})
+	}
+}
+
+func TestQuotaTTL(t *testing.T) {
+	now := time.Date(2025, 6, 10, 18, 0, 0, 0, time.UTC)
+	const day = 24 * 60 * 60
+	tests := []struct {
+		name string
+		day  time.Time
+		want int
+	}{
+		{"today: until 2 days after its end", now, 6*60*60 + 2*day},
+		{"yesterday: still 2 days from now", now.AddDate(0, 0, -1), 2 * day},
+		{"long ago: 2 days from now", now.AddDate(-1, 0, 0), 2 * day},
+		{"tomorrow", now.AddDate(0, 0, 1), 6*60*60 + 3*day},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := quotaTTL(unixDay(tt.day), now); got != tt.want {
+				t.Errorf("quotaTTL = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestBroadcastDay(t *testing.T) {
+	at := time.Date(2025, 6, 10, 23, 59, 59, 0, time.UTC)
+	id := ids.New(func() time.Time { return at }).Next()
+	if got, want := broadcastDay(id), unixDay(at); got != want {
+		t.Errorf("broadcastDay(id of %v) = %d, want %d", at, got, want)
+	}
+	for _, bad := range []string{"", "not-an-id", "m1"} {
+		if got := broadcastDay(bad); got != 0 {
+			t.Errorf("broadcastDay(%q) = %d, want 0", bad, got)
+		}
+	}
+}
+
+func TestScheduleShard(t *testing.T) {
+	g := ids.New(nil)
+	seen := map[int]bool{}
+	for range 200 {
+		id := g.Next()
+		sh := scheduleShard(id)
+		if sh < 0 || sh >= scheduleShards {
+			t.Fatalf("scheduleShard(%s) = %d, out of [0, %d)", id, sh, scheduleShards)
+		}
+		if scheduleShard(id) != sh {
+			t.Fatalf("scheduleShard(%s) is not stable", id)
+		}
+		seen[sh] = true
+	}
+	if len(seen) != scheduleShards {
+		t.Errorf("200 ids used %d of %d shards", len(seen), scheduleShards)
+	}
+}
+
+func TestSortedSet(t *testing.T) {
+	tests := []struct {
+		in, want []string
+	}{
+		{nil, nil},
+		{[]string{}, nil},
+		{[]string{"b", "a", "b", "c", "a"}, []string{"a", "b", "c"}},
+	}
+	for _, tt := range tests {
+		if got := sortedSet(tt.in); !slices.Equal(got, tt.want) || (tt.want == nil) != (got == nil) {
+			t.Errorf("sortedSet(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestRetryCounterRetriesOnlyUnappliedErrors(t *testing.T) {
+	tests := []struct {
+		name      string
+		err       error
+		wantCalls int
+	}{
+		{"refused by the coordinator: retried", &gocql.RequestErrUnavailable{}, maxAttempts},
+		{"never sent: retried", gocql.ErrNoConnections, maxAttempts},
+		{"timed out, may have applied: not retried", &gocql.RequestErrWriteTimeout{WriteType: "COUNTER"}, 1},
+		{"client timeout: not retried", gocql.ErrTimeoutNoResponse, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			calls := 0
+			err := retryCounter(t.Context(), func() error { calls++; return tt.err })
+			if calls != tt.wantCalls {
+				t.Errorf("calls = %d, want %d", calls, tt.wantCalls)
+			}
+			if !errors.Is(err, tt.err) {
+				t.Errorf("retryCounter = %v, lost the cause %v", err, tt.err)
+			}
+			if !errors.Is(fail("op", err), herald.ErrUnavailable) {
+				t.Errorf("fail(retryCounter) = %v, want ErrUnavailable", fail("op", err))
+			}
+		})
 	}
 }

@@ -53,6 +53,11 @@ var migrationFile = regexp.MustCompile(`^([0-9]+)_([A-Za-z0-9_]+)\.cql$`)
 // concurrent schema changes of the same table from different nodes
 // badly.
 func Migrate(ctx context.Context, cfg MigrateConfig) error {
+	return migrate(ctx, cfg, schema.FS)
+}
+
+// migrate is Migrate with the migrations of fsys.
+func migrate(ctx context.Context, cfg MigrateConfig, fsys fs.FS) error {
 	if len(cfg.Hosts) == 0 {
 		return fmt.Errorf("cassandrastore: migrate: no hosts: %w", herald.ErrInvalidArgument)
 	}
@@ -63,7 +68,7 @@ func Migrate(ctx context.Context, cfg MigrateConfig) error {
 	if rf <= 0 {
 		rf = 1
 	}
-	ms, err := migrations(schema.FS)
+	ms, err := migrations(fsys)
 	if err != nil {
 		return fmt.Errorf("cassandrastore: migrate: %w", err)
 	}
@@ -123,6 +128,11 @@ func Migrate(ctx context.Context, cfg MigrateConfig) error {
 				return fail(op, err)
 			}
 		}
+		if fill := backfills[m.version]; fill != nil {
+			if err := fill(ctx, session); err != nil {
+				return fail(op+": backfill", err)
+			}
+		}
 		err := retry(ctx, func() error {
 			return session.Query(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
 				m.version, m.name, time.Now()).ExecContext(ctx)
@@ -132,6 +142,55 @@ func Migrate(ctx context.Context, cfg MigrateConfig) error {
 		}
 	}
 	return nil
+}
+
+// backfills are data steps a migration needs after its statements, by
+// version. Like the statements they are re-runnable: a migration cut
+// short runs its backfill again.
+var backfills = map[int]func(ctx context.Context, session *gocql.Session) error{
+	2: backfillAliases,
+}
+
+// backfillAliases writes the alias index (002) for devices stored before
+// it existed: one pass over the devices table, paged.
+func backfillAliases(ctx context.Context, session *gocql.Session) error {
+	var pageState []byte
+	for {
+		type row struct{ app, dev, alias string }
+		var rows []row
+		var next []byte
+		err := retry(ctx, func() error {
+			rows = rows[:0]
+			iter := session.Query(`SELECT app_id, device_id, alias FROM devices`).
+				PageSize(1000).PageState(pageState).IterContext(ctx)
+			next = iter.PageState()
+			var r row
+			for range iter.NumRows() {
+				if !iter.Scan(&r.app, &r.dev, &r.alias) {
+					break
+				}
+				if r.alias != "" {
+					rows = append(rows, r)
+				}
+			}
+			return iter.Close()
+		})
+		if err != nil {
+			return err
+		}
+		for _, r := range rows {
+			err := retry(ctx, func() error {
+				return session.Query(cqlInsertAlias, r.app, r.alias, r.dev).ExecContext(ctx)
+			})
+			if err != nil {
+				return err
+			}
+		}
+		if len(next) == 0 {
+			return nil
+		}
+		pageState = next
+	}
 }
 
 // migrations parses every NNN_name.cql of fsys, in version order.

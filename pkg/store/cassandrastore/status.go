@@ -3,6 +3,8 @@ package cassandrastore
 import (
 	"context"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
@@ -14,8 +16,11 @@ import (
 
 const (
 	cqlMessageExists = `SELECT id FROM messages WHERE id = ?`
-	cqlInsertMessage = `INSERT INTO messages (id, app_id, created_at, expires_at) VALUES (?, ?, ?, ?)`
-	cqlSelectMessage = `SELECT app_id, created_at, expires_at FROM messages WHERE id = ?`
+	cqlInsertMessage = `INSERT INTO messages (id, app_id, created_at, expires_at, audience, is_group, state, send_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
+	cqlSelectMessage = `SELECT app_id, created_at, expires_at, audience, is_group, state, send_at FROM messages WHERE id = ?`
+	cqlSelectState   = `SELECT state FROM messages WHERE id = ?`
+	cqlSetMsgState   = `UPDATE messages SET state = ? WHERE id = ? IF state = ?`
 	cqlInsertPending = `INSERT INTO delivery (message_id, device_id, state) VALUES (?, ?, 0)`
 	cqlSelectStates  = `SELECT device_id, state FROM delivery WHERE message_id = ? AND device_id IN ?`
 	cqlSetState      = `UPDATE delivery SET state = ? WHERE message_id = ? AND device_id = ?`
@@ -95,7 +100,8 @@ func (s *Store) CreateMessage(ctx context.Context, m store.Message) error {
 	if err := g.Wait(); err != nil {
 		return fail(op, err)
 	}
-	q := s.session.Query(cqlInsertMessage, m.ID, m.AppID, timestampOrNil(m.CreatedAt), timestampOrNil(m.ExpiresAt)).Idempotent(true)
+	q := s.session.Query(cqlInsertMessage, m.ID, m.AppID, timestampOrNil(m.CreatedAt), timestampOrNil(m.ExpiresAt),
+		unsetIfEmpty(m.Audience), m.Group, int8(m.State), timestampOrUnset(m.SendAt)).Idempotent(true)
 	if err := s.exec(ctx, q); err != nil {
 		return fail(op, err)
 	}
@@ -121,7 +127,7 @@ func (s *Store) Mark(ctx context.Context, ts ...store.Transition) error {
 		return err
 	}
 	for _, t := range ts {
-		if t.State == store.StatePending || t.State > store.StateCollapsed {
+		if t.State == store.StatePending || t.State > store.StateRecalled {
 			return fmt.Errorf("cassandrastore: mark %s/%s: state %d is not terminal: %w",
 				t.MessageID, t.DeviceID, t.State, herald.ErrInvalidArgument)
 		}
@@ -219,27 +225,40 @@ func (s *Store) markMessage(ctx context.Context, msgID string, ts []store.Transi
 	return nil
 }
 
-// MessageStatus returns the message and its per-state counts, read from
-// the message's delivery partition. A target still pending once the
-// message has expired counts as expired.
+// MessageStatus returns the message and its counts. A unicast message's
+// counts come from its delivery partition (a target still pending once
+// the message has expired counts as expired) plus the clicked counter; a
+// group message's Targeted, Delivered and Clicked come from its counters,
+// and Pending is Targeted minus Delivered.
 func (s *Store) MessageStatus(ctx context.Context, messageID string) (store.Message, store.Counts, error) {
 	if err := s.enter(ctx); err != nil {
 		return store.Message{}, store.Counts{}, err
 	}
 	op := "message status " + messageID
 	m := store.Message{ID: messageID}
+	var state *int8
 	found, err := s.scan(ctx, s.session.Query(cqlSelectMessage, messageID).Idempotent(true),
-		&m.AppID, &m.CreatedAt, &m.ExpiresAt)
+		&m.AppID, &m.CreatedAt, &m.ExpiresAt, &m.Audience, &m.Group, &state, &m.SendAt)
 	if err != nil {
 		return store.Message{}, store.Counts{}, fail(op, err)
 	}
 	if !found {
 		return store.Message{}, store.Counts{}, fmt.Errorf("cassandrastore: %s: %w", op, herald.ErrMessageNotFound)
 	}
+	m.State = stateOf(state)
+	ctr, err := s.counters(ctx, messageID)
+	if err != nil {
+		return store.Message{}, store.Counts{}, fail(op, err)
+	}
+	if m.Group {
+		c := store.Counts{Targeted: ctr.Targeted, Delivered: ctr.Delivered, Clicked: ctr.Clicked}
+		c.Pending = max(c.Targeted-c.Delivered, 0)
+		return m, c, nil
+	}
 	expired := !m.ExpiresAt.IsZero() && !s.now().Before(m.ExpiresAt)
 	var c store.Counts
 	err = retry(ctx, func() error {
-		c, m.Targets = store.Counts{}, m.Targets[:0]
+		c, m.Targets = store.Counts{Clicked: ctr.Clicked}, m.Targets[:0]
 		iter := s.session.Query(cqlScanStates, messageID).Idempotent(true).IterContext(ctx)
 		var (
 			dev   string
@@ -261,6 +280,8 @@ func (s *Store) MessageStatus(ctx context.Context, messageID string) (store.Mess
 				c.Failed++
 			case store.StateCollapsed:
 				c.Collapsed++
+			case store.StateRecalled:
+				c.Recalled++
 			}
 		}
 		return iter.Close()
@@ -268,6 +289,133 @@ func (s *Store) MessageStatus(ctx context.Context, messageID string) (store.Mess
 	if err != nil {
 		return store.Message{}, store.Counts{}, fail(op, err)
 	}
-	c.Pending = c.Targeted - c.Delivered - c.Expired - c.Failed - c.Collapsed
+	c.Pending = c.Targeted - c.Delivered - c.Expired - c.Failed - c.Collapsed - c.Recalled
 	return m, c, nil
+}
+
+// stateOf reads a messages.state cell: null (a row written before
+// message states existed) is active.
+func stateOf(state *int8) store.MessageState {
+	if state == nil {
+		return store.MessageActive
+	}
+	return store.MessageState(*state)
+}
+
+// SetMessageState moves the message to `to` if its state is one of from,
+// with a lightweight transaction conditioned on the state it read (so of
+// racing moves exactly one applies); it returns the state afterwards and
+// whether it moved. herald.ErrMessageNotFound if absent.
+func (s *Store) SetMessageState(ctx context.Context, messageID string, from []store.MessageState, to store.MessageState) (store.MessageState, bool, error) {
+	if err := s.enter(ctx); err != nil {
+		return 0, false, err
+	}
+	op := "set message state " + messageID
+	var state *int8
+	found, err := s.scan(ctx, s.session.Query(cqlSelectState, messageID).Idempotent(true), &state)
+	if err != nil {
+		return 0, false, fail(op, err)
+	}
+	if !found {
+		return 0, false, fmt.Errorf("cassandrastore: %s: %w", op, herald.ErrMessageNotFound)
+	}
+	for range maxCASRounds {
+		cur := stateOf(state)
+		if !slices.Contains(from, cur) {
+			return cur, false, nil
+		}
+		var cond any // null: a row without a state
+		if state != nil {
+			cond = *state
+		}
+		prev := map[string]any{}
+		applied, err := s.scanCAS(ctx, s.session.Query(cqlSetMsgState, int8(to), messageID, cond), prev)
+		if err != nil {
+			return 0, false, fail(op, err)
+		}
+		if applied {
+			return to, true, nil
+		}
+		v, ok := prev["state"]
+		if !ok {
+			return 0, false, fmt.Errorf("cassandrastore: %s: %w", op, herald.ErrMessageNotFound)
+		}
+		state = nil
+		if n, isInt := v.(int8); isInt {
+			state = &n
+		}
+	}
+	return 0, false, fail(op, errContention)
+}
+
+// MessageStates returns the states of the known messages among ids, read
+// as parallel single-partition reads.
+func (s *Store) MessageStates(ctx context.Context, messageIDs []string) (map[string]store.MessageState, error) {
+	if err := s.enter(ctx); err != nil {
+		return nil, err
+	}
+	out := make(map[string]store.MessageState, len(messageIDs))
+	var mu sync.Mutex
+	seen := make(map[string]bool, len(messageIDs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(readParallelism)
+	for _, id := range messageIDs {
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		g.Go(func() error {
+			var state *int8
+			found, err := s.scan(gctx, s.session.Query(cqlSelectState, id).Idempotent(true), &state)
+			if found {
+				mu.Lock()
+				out[id] = stateOf(state)
+				mu.Unlock()
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, fail("message states", err)
+	}
+	return out, nil
+}
+
+// RecallPending marks every pending target of the message recalled and
+// returns those device ids (none for an unknown or group message). It
+// reads the delivery partition and marks the pending targets like Mark
+// does: a target acked at the same moment may win the race (its state
+// then stays delivered) and still be returned; the caller only deletes
+// inbox entries with the ids, which the ack deleted already.
+func (s *Store) RecallPending(ctx context.Context, messageID string) ([]string, error) {
+	if err := s.enter(ctx); err != nil {
+		return nil, err
+	}
+	op := "recall pending " + messageID
+	var devs []string
+	err := retry(ctx, func() error {
+		devs = devs[:0]
+		iter := s.session.Query(cqlScanStates, messageID).Idempotent(true).IterContext(ctx)
+		var (
+			dev   string
+			state int8
+		)
+		for iter.Scan(&dev, &state) {
+			if store.DeliveryState(state) == store.StatePending {
+				devs = append(devs, dev)
+			}
+		}
+		return iter.Close()
+	})
+	if err != nil {
+		return nil, fail(op, err)
+	}
+	ts := make([]store.Transition, len(devs))
+	for i, d := range devs {
+		ts[i] = store.Transition{MessageID: messageID, DeviceID: d, State: store.StateRecalled}
+	}
+	if err := s.mark(ctx, ts); err != nil {
+		return nil, fail(op, err)
+	}
+	return devs, nil
 }
