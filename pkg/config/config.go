@@ -66,6 +66,8 @@ type Config struct {
 	API        API        `yaml:"api"`
 	Gateway    Gateway    `yaml:"gateway"`
 	Dispatcher Dispatcher `yaml:"dispatcher"`
+	Scheduler  Scheduler  `yaml:"scheduler"`
+	Receipts   Receipts   `yaml:"receipts"`
 	LogStore   LogStore   `yaml:"log_store"`
 	Router     Router     `yaml:"router"`
 	Etcd       Etcd       `yaml:"etcd"`
@@ -99,6 +101,13 @@ type API struct {
 	MaxBodyBytes    int           `yaml:"max_body_bytes"`    // whole HTTP request body
 	DefaultTTL      time.Duration `yaml:"default_ttl"`
 	MaxTTL          time.Duration `yaml:"max_ttl"`
+	// DefaultRateLimit is the sends per second an app may make when its own
+	// rate_limit_per_second is 0; 0 = unlimited.
+	DefaultRateLimit int `yaml:"default_rate_limit"`
+	// MaxSendAhead bounds send_at: at most this far in the future.
+	MaxSendAhead time.Duration `yaml:"max_send_ahead"`
+	// MaxSpread bounds spread_over_seconds of a group send.
+	MaxSpread time.Duration `yaml:"max_spread"`
 }
 
 // Gateway configures the device connection server.
@@ -115,6 +124,13 @@ type Gateway struct {
 	// IO is the connection I/O model: goroutine (a reader goroutine per
 	// connection) or eventloop (epoll event loops and a worker pool).
 	IO string `yaml:"io"`
+	// NormalMaxDelay bounds how long a priority-normal push waits for the
+	// device's next inbound frame before it is written anyway.
+	NormalMaxDelay time.Duration `yaml:"normal_max_delay"`
+	// ReplayLookback is how far before a device's broadcast cursor the
+	// group-message replay on connect starts (paced or deferred pushes
+	// older than the cursor may still be on their way).
+	ReplayLookback time.Duration `yaml:"replay_lookback"`
 }
 
 // Dispatcher configures the push-log consumer.
@@ -122,6 +138,16 @@ type Dispatcher struct {
 	BatchSize      int           `yaml:"batch_size"`
 	CommitInterval time.Duration `yaml:"commit_interval"`
 	MaxInFlight    int           `yaml:"max_in_flight"` // records being delivered or settled at once
+}
+
+// Scheduler configures the send_at scheduler (runs with the dispatcher).
+type Scheduler struct {
+	Interval time.Duration `yaml:"interval"` // how often due messages are looked for
+}
+
+// Receipts configures the receipt consumers (run with the dispatcher).
+type Receipts struct {
+	WebhookTimeout time.Duration `yaml:"webhook_timeout"` // one webhook POST
 }
 
 // LogStore configures the embedded push log.
@@ -209,6 +235,8 @@ func Default() Config {
 			MaxBodyBytes:    1 << 20,
 			DefaultTTL:      24 * time.Hour,
 			MaxTTL:          240 * time.Hour,
+			MaxSendAhead:    168 * time.Hour,
+			MaxSpread:       time.Hour,
 		},
 		Gateway: Gateway{
 			Addr:             ":5222",
@@ -221,13 +249,17 @@ func Default() Config {
 			Window:           64,
 			DrainTimeout:     10 * time.Second,
 			IO:               GatewayIOEventLoop,
+			NormalMaxDelay:   10 * time.Minute,
+			ReplayLookback:   70 * time.Minute,
 		},
 		Dispatcher: Dispatcher{
 			BatchSize:      512,
 			CommitInterval: 100 * time.Millisecond,
 			MaxInFlight:    32768,
 		},
-		LogStore: LogStore{Partitions: 8, Retention: 168 * time.Hour},
+		Scheduler: Scheduler{Interval: 200 * time.Millisecond},
+		Receipts:  Receipts{WebhookTimeout: 5 * time.Second},
+		LogStore:  LogStore{Partitions: 8, Retention: 168 * time.Hour},
 		Router: Router{Backend: BackendMemory, EtcdEndpoints: []string{}, LeaseTTL: 15 * time.Second,
 			RedisAddr: "127.0.0.1:6379", RouteTTL: 30 * time.Minute},
 		// The embedded server stays off etcd's usual 2379/2380, which a

@@ -74,6 +74,10 @@ log:
 				"HERALD_API_MAX_PAYLOAD_BYTES":     "100",
 				"HERALD_ADMIN_TOKEN":               "s3cret-token-value",
 				"HERALD_GATEWAY_HANDSHAKE_TIMEOUT": "3s",
+				"HERALD_GATEWAY_NORMAL_MAX_DELAY":  "2m",
+				"HERALD_API_DEFAULT_RATE_LIMIT":    "50",
+				"HERALD_SCHEDULER_INTERVAL":        "500ms",
+				"HERALD_RECEIPTS_WEBHOOK_TIMEOUT":  "2s",
 			},
 			want: func(c *config.Config) {
 				c.Gateway.Addr = "env:2"
@@ -86,6 +90,10 @@ log:
 				c.API.MaxPayloadBytes = 100
 				c.AdminToken = "s3cret-token-value"
 				c.Gateway.HandshakeTimeout = 3 * time.Second
+				c.Gateway.NormalMaxDelay = 2 * time.Minute
+				c.API.DefaultRateLimit = 50
+				c.Scheduler.Interval = 500 * time.Millisecond
+				c.Receipts.WebhookTimeout = 2 * time.Second
 				c.Log.Level = "debug"
 				c.File = file
 			},
@@ -331,6 +339,24 @@ func TestValidate(t *testing.T) {
 			c.Target = "api"
 			c.Etcd.PeerAddr = "nope"
 		}},
+		{name: "send api limits", change: func(c *config.Config) {
+			c.API.DefaultRateLimit, c.API.MaxSendAhead, c.API.MaxSpread = -1, 30*time.Second, 1500*time.Millisecond
+		}, want: []string{
+			"api.default_rate_limit: -1 must be 0 (unlimited) or positive", "api.max_send_ahead: 30s is below 1m",
+			"api.max_spread: 1.5s is not a whole number of seconds",
+		}},
+		{name: "spread of one second and a rate limit", change: func(c *config.Config) { c.API.MaxSpread, c.API.DefaultRateLimit = time.Second, 100 }},
+		{name: "no spread", change: func(c *config.Config) { c.API.MaxSpread = 0 }, want: []string{"api.max_spread: 0s is below 1s"}},
+		{name: "group push delays", change: func(c *config.Config) {
+			c.Gateway.NormalMaxDelay, c.Gateway.ReplayLookback = 0, 0
+		}, want: []string{"gateway.normal_max_delay: 0s must be positive", "gateway.replay_lookback: 0s must be positive"}},
+		{name: "replay look-back too short", change: func(c *config.Config) { c.Gateway.ReplayLookback = time.Hour },
+			want: []string{"gateway.replay_lookback: 1h is below api.max_spread + gateway.normal_max_delay (1h10m)"}},
+		{name: "scheduler interval", change: func(c *config.Config) { c.Scheduler.Interval = 2 * time.Second },
+			want: []string{"scheduler.interval: 2s is above 1s"}},
+		{name: "scheduler and webhook must be positive", change: func(c *config.Config) {
+			c.Scheduler.Interval, c.Receipts.WebhookTimeout = 0, -time.Second
+		}, want: []string{"scheduler.interval: 0s must be positive", "receipts.webhook_timeout: -1s must be positive"}},
 		{name: "admin token with newline", change: func(c *config.Config) { c.AdminToken = "abc\n" }, want: []string{"admin_token:"}},
 	}
 	for _, tt := range tests {

@@ -66,6 +66,18 @@ func (c Config) Validate() error {
 	if a.DefaultTTL > 0 && a.MaxTTL > 0 && a.DefaultTTL > a.MaxTTL {
 		v.add("api.default_ttl", "%s is above api.max_ttl %s", fmtDuration(a.DefaultTTL), fmtDuration(a.MaxTTL))
 	}
+	if a.DefaultRateLimit < 0 {
+		v.add("api.default_rate_limit", "%d must be 0 (unlimited) or positive", a.DefaultRateLimit)
+	}
+	if a.MaxSendAhead < time.Minute {
+		v.add("api.max_send_ahead", "%s is below 1m", fmtDuration(a.MaxSendAhead))
+	}
+	switch {
+	case a.MaxSpread < time.Second:
+		v.add("api.max_spread", "%s is below 1s", fmtDuration(a.MaxSpread))
+	case a.MaxSpread%time.Second != 0:
+		v.add("api.max_spread", "%s is not a whole number of seconds (sends ask for spread_over_seconds)", fmtDuration(a.MaxSpread))
+	}
 
 	g := c.Gateway
 	v.addr("gateway.addr", g.Addr)
@@ -93,10 +105,23 @@ func (c Config) Validate() error {
 	v.positive("gateway.window", g.Window)
 	v.positiveDuration("gateway.drain_timeout", g.DrainTimeout)
 	v.oneOf("gateway.io", g.IO, GatewayIOGoroutine, GatewayIOEventLoop)
+	v.positiveDuration("gateway.normal_max_delay", g.NormalMaxDelay)
+	v.positiveDuration("gateway.replay_lookback", g.ReplayLookback)
+	if g.NormalMaxDelay > 0 && a.MaxSpread > 0 && g.ReplayLookback > 0 && g.ReplayLookback < a.MaxSpread+g.NormalMaxDelay {
+		v.add("gateway.replay_lookback", "%s is below api.max_spread + gateway.normal_max_delay (%s): paced or deferred group pushes could be missed on reconnect",
+			fmtDuration(g.ReplayLookback), fmtDuration(a.MaxSpread+g.NormalMaxDelay))
+	}
 
 	v.positive("dispatcher.batch_size", c.Dispatcher.BatchSize)
 	v.positiveDuration("dispatcher.commit_interval", c.Dispatcher.CommitInterval)
 	v.positive("dispatcher.max_in_flight", c.Dispatcher.MaxInFlight)
+	switch si := c.Scheduler.Interval; {
+	case si <= 0:
+		v.add("scheduler.interval", "%s must be positive", fmtDuration(si))
+	case si > time.Second:
+		v.add("scheduler.interval", "%s is above 1s (a send_at message fires within one interval of its time)", fmtDuration(si))
+	}
+	v.positiveDuration("receipts.webhook_timeout", c.Receipts.WebhookTimeout)
 
 	v.positive("log_store.partitions", c.LogStore.Partitions)
 	v.positiveDuration("log_store.retention", c.LogStore.Retention)

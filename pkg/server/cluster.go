@@ -16,6 +16,7 @@ import (
 	"github.com/heraldpush/herald/services/api"
 	"github.com/heraldpush/herald/services/gateway"
 	"github.com/heraldpush/herald/services/gatewayrpc"
+	"github.com/heraldpush/herald/services/scheduler"
 
 	"github.com/heraldpush/herald/pkg/pushlog"
 	"github.com/heraldpush/herald/pkg/pushlog/kafkalog"
@@ -95,16 +96,19 @@ func (s *Server) buildRole(ctx context.Context) error {
 	case config.TargetGateway:
 		return s.buildGateway()
 	case config.TargetDispatcher:
-		set, gws, err := s.watchGateways(ctx)
+		_, gws, err := s.watchGateways(ctx)
 		if err != nil {
 			return err
 		}
-		_ = set
-		disp, err := s.newDispatcher(gws)
+		var lead scheduler.Leadership
+		if s.sharedEtcd() {
+			lead = newEtcdLeadership(e.etcd, s.cfg.NodeID, s.cfg.Discovery.LeaseTTL)
+		}
+		dispatch, err := s.dispatchRoles(gws, lead)
 		if err != nil {
 			return err
 		}
-		s.roles = append(s.roles, role{name: "dispatcher", run: disp.Run, late: true})
+		s.roles = append(s.roles, dispatch...)
 		s.summary = func() []any { return nil }
 	case config.TargetAPI:
 		set, gws, err := s.watchGateways(ctx)
@@ -112,7 +116,7 @@ func (s *Server) buildRole(ctx context.Context) error {
 			return err
 		}
 		a, err := api.New(s.apiConfig(), api.Deps{
-			Store: e.store, Log: e.log, Kicker: gws, Endpoints: set, Meter: s.tel.Meter("herald/api"),
+			Store: e.store, Log: e.log, Kicker: gws, Endpoints: set, Receipts: s.receipts, Meter: s.tel.Meter("herald/api"),
 		}, s.log)
 		if err != nil {
 			return err
@@ -166,10 +170,7 @@ func (s *Server) watchGateways(ctx context.Context) (*discovery.Set, *gatewayrpc
 // discovery once both listen; the registration is revoked first on shutdown.
 func (s *Server) buildGateway() error {
 	e := s.eng
-	gw, err := gateway.New(s.gatewayConfig(), gateway.Deps{
-		Registry: e.store, Inbox: e.store, Status: e.store, Routes: e.routes, Log: e.log,
-		Meter: s.tel.Meter("herald/gateway"),
-	}, s.log)
+	gw, err := s.newGateway()
 	if err != nil {
 		return err
 	}

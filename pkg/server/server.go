@@ -22,11 +22,13 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/heraldpush/herald/pkg/config"
 	"github.com/heraldpush/herald/pkg/pushlog"
+	"github.com/heraldpush/herald/pkg/receipt"
 	"github.com/heraldpush/herald/pkg/store"
 	"github.com/heraldpush/herald/pkg/telemetry"
 	"github.com/heraldpush/herald/services/api"
@@ -54,11 +56,14 @@ type Server struct {
 	health *telemetry.Health
 	eng    *engines
 
-	roles   []role
-	gw      *gateway.Gateway
-	api     *api.Server
-	ops     *telemetry.OpsServer
-	summary func() []any // what "herald ready" logs
+	roles []role
+	// receipts is the process's one receipt emitter (nil for the router);
+	// flushed after every role stopped.
+	receipts *receipt.Emitter
+	gw       *gateway.Gateway
+	api      *api.Server
+	ops      *telemetry.OpsServer
+	summary  func() []any // what "herald ready" logs
 
 	ready chan struct{}
 	once  sync.Once
@@ -97,6 +102,12 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (s *Server
 	if err := s.eng.open(ctx, s.cfg, logger); err != nil {
 		return nil, err
 	}
+	if cfg.Target != config.TargetRouter {
+		s.receipts = receipt.NewEmitter(s.eng.log, logger.With("component", "receipts"), receipt.WithMeter(s.tel.Meter("herald/receipts")))
+		// Late: it stops with the dispatcher, whose last receipts Run's
+		// final flush (below, after every role) still appends.
+		s.roles = append(s.roles, role{name: "receipt emitter", run: s.receipts.Run, late: true})
+	}
 	if cfg.Target == config.TargetAll {
 		err = s.buildAll()
 	} else {
@@ -127,15 +138,18 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (s *Server
 func (s *Server) apiConfig() api.Config {
 	c := s.cfg
 	return api.Config{
-		HTTPAddr:        c.API.HTTPAddr,
-		GRPCAddr:        c.API.GRPCAddr,
-		AdminToken:      s.cfg.AdminToken,
-		MaxTargets:      c.API.MaxTargets,
-		MaxPayloadBytes: c.API.MaxPayloadBytes,
-		MaxBodyBytes:    c.API.MaxBodyBytes,
-		DefaultTTL:      c.API.DefaultTTL,
-		MaxTTL:          c.API.MaxTTL,
-		Mount:           s.health.Mount,
+		HTTPAddr:         c.API.HTTPAddr,
+		GRPCAddr:         c.API.GRPCAddr,
+		AdminToken:       s.cfg.AdminToken,
+		MaxTargets:       c.API.MaxTargets,
+		MaxPayloadBytes:  c.API.MaxPayloadBytes,
+		MaxBodyBytes:     c.API.MaxBodyBytes,
+		DefaultTTL:       c.API.DefaultTTL,
+		MaxTTL:           c.API.MaxTTL,
+		DefaultRateLimit: c.API.DefaultRateLimit,
+		MaxSendAhead:     c.API.MaxSendAhead,
+		MaxSpread:        c.API.MaxSpread,
+		Mount:            s.health.Mount,
 	}
 }
 
@@ -154,6 +168,8 @@ func (s *Server) gatewayConfig() gateway.Config {
 		Window:           g.Window,
 		DrainTimeout:     g.DrainTimeout,
 		IO:               g.IO,
+		NormalMaxDelay:   g.NormalMaxDelay,
+		ReplayLookback:   g.ReplayLookback,
 	}
 }
 
@@ -221,6 +237,11 @@ func (s *Server) Run(ctx context.Context) error {
 	err := early.Wait()
 	stopLate()
 	late.Wait()
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if ferr := s.receipts.Flush(fctx); ferr != nil {
+		s.log.Warn("flush receipts on shutdown", "err", ferr)
+	}
 	return errors.Join(ignoreCanceled(err), ignoreCanceled(errors.Join(lateErrs...)))
 }
 

@@ -1,9 +1,13 @@
 // Package dispatcher is Herald's message-dispatch role: it consumes the push
 // log, looks the target devices up in the routing table in batches, hands
 // each gateway its deliveries in one call, and stores in the device's inbox
-// whatever was not acked. It commits the log only past records that are
-// acked, stored, expired or failed, so a crash at any point redelivers
-// (devices de-duplicate) and never loses a message.
+// whatever was not acked. Priority-normal messages skip the delivery
+// attempt: they are stored and the device's gateway drains them when the
+// session next wakes. Group messages (tags, topic, all) are kept once in the
+// app's topic log and handed to every gateway node, which pushes them to its
+// matching sessions. It commits the log only past records that are acked,
+// stored, expired, failed, recalled or fanned out, so a crash at any point
+// redelivers (devices de-duplicate) and never loses a message.
 package dispatcher
 
 import (
@@ -11,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,6 +27,7 @@ import (
 	"github.com/heraldpush/herald/pkg/delivery"
 	"github.com/heraldpush/herald/pkg/envelope/internalv1"
 	"github.com/heraldpush/herald/pkg/pushlog"
+	"github.com/heraldpush/herald/pkg/receipt"
 	"github.com/heraldpush/herald/pkg/route"
 	"github.com/heraldpush/herald/pkg/store"
 )
@@ -32,14 +38,26 @@ type Gateways interface {
 	// Deliver hands a node its deliveries and returns one outcome each.
 	Deliver(ctx context.Context, node string, ds []delivery.Delivery) ([]delivery.Outcome, error)
 	// Drain asks the node to push the device's inbox to session connID.
-	Drain(ctx context.Context, node, device string, connID uint64) error
+	// With lazy set the node drains at the session's next inbound frame
+	// (PING, ACK, anything) or after its normal-priority delay, whichever
+	// comes first ("deliver when awake", priority NORMAL).
+	Drain(ctx context.Context, node, device string, connID uint64, lazy bool) error
+	// Nodes lists the gateway nodes currently up.
+	Nodes() []string
+	// Broadcast hands a node one group message (or a recall of one); the
+	// node pushes it to its matching sessions and returns how many matched.
+	Broadcast(ctx context.Context, node string, env *internalv1.Envelope) (matched int64, err error)
 }
 
 // Store is the part of the store the dispatcher uses.
 type Store interface {
 	DevicesExist(ctx context.Context, appID string, deviceIDs []string) (map[string]bool, error)
 	Put(ctx context.Context, appID, deviceID string, e store.InboxEntry) (collapsed string, err error)
+	Delete(ctx context.Context, appID, deviceID string, messageIDs ...string) error
 	Mark(ctx context.Context, ts ...store.Transition) error
+	MessageStates(ctx context.Context, messageIDs []string) (map[string]store.MessageState, error)
+	PutBroadcast(ctx context.Context, appID string, b store.Broadcast) error
+	RecallBroadcast(ctx context.Context, appID, messageID string) error
 }
 
 // Config tunes the dispatcher.
@@ -48,6 +66,10 @@ type Config struct {
 	CommitInterval time.Duration // default 100ms
 	MaxInFlight    int           // records being delivered or settled at once, default 32768
 	DeliverTimeout time.Duration // bound on one gateway call, default 15s
+	// BroadcastRetry is how long a failing gateway node is retried with one
+	// group message before it is skipped (its devices catch up from the
+	// topic log when they reconnect); default 30s.
+	BroadcastRetry time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -63,6 +85,9 @@ func (c *Config) setDefaults() {
 	if c.DeliverTimeout <= 0 {
 		c.DeliverTimeout = 15 * time.Second
 	}
+	if c.BroadcastRetry <= 0 {
+		c.BroadcastRetry = 30 * time.Second
+	}
 }
 
 // Deps are the dispatcher's collaborators.
@@ -72,6 +97,9 @@ type Deps struct {
 	Gateways Gateways
 	Store    Store
 	Meter    metric.Meter
+	// Receipts gets an "expired" or "failed" receipt per (message, device)
+	// the dispatcher marks so; nil emits none.
+	Receipts *receipt.Emitter
 }
 
 // Dispatcher is the dispatch role.
@@ -158,7 +186,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			defer sem.Release(n)
-			d.process(work, recs)
+			d.process(work, ctx.Done(), recs)
 			tr.done(recs)
 		}()
 	}
@@ -187,37 +215,211 @@ type job struct {
 	rec route.Route // current route, if any
 	env *internalv1.Envelope
 	key string
+	val []byte // the record value: the encoded envelope
+	// lazy: priority normal, stored without a delivery attempt; the device
+	// gets it when its session next wakes (a lazy drain).
+	lazy bool
 }
 
-// process settles every record of a batch: delivered, stored, expired or
-// failed. It retries store failures until they succeed: a record is never
-// marked done while its message is neither on record nor stored.
-func (d *Dispatcher) process(ctx context.Context, recs []pushlog.Record) {
+func (j *job) id() string { return j.env.GetPush().GetMessageId() }
+
+// process settles every record of a batch: delivered, stored, expired,
+// failed, recalled, or (group messages) kept in the topic log and handed to
+// every gateway. It retries store failures until they succeed: a record is
+// never marked done while its message is neither on record nor stored.
+// stopping closes when the dispatcher is asked to stop: failing gateways
+// are then no longer retried.
+func (d *Dispatcher) process(ctx context.Context, stopping <-chan struct{}, recs []pushlog.Record) {
 	start := d.now()
-	jobs := make([]*job, 0, len(recs))
+	var unicast, group []*job
 	for _, r := range recs {
 		var env internalv1.Envelope
 		if err := proto.Unmarshal(r.Value, &env); err != nil || env.GetPush().GetMessageId() == "" {
 			d.log.Error("skipping undecodable push record", "partition", r.Partition, "offset", r.Offset, "err", err)
 			continue
 		}
-		jobs = append(jobs, &job{env: &env, key: route.Key(env.GetAppId(), env.GetDeviceId())})
+		j := &job{env: &env, val: r.Value}
+		if env.GetAudience() != nil {
+			group = append(group, j)
+			continue
+		}
+		j.key = route.Key(env.GetAppId(), env.GetDeviceId())
+		unicast = append(unicast, j)
 	}
 	now := d.now()
 	var live, expired []*job
-	for _, j := range jobs {
-		if !j.env.GetOnlineOnly() && j.env.GetExpiresAtMs() > 0 && now.UnixMilli() >= j.env.GetExpiresAtMs() {
+	for _, j := range unicast {
+		if isExpired(j.env, now) {
 			expired = append(expired, j)
 			continue
 		}
 		live = append(live, j)
 	}
+	group = slices.DeleteFunc(group, func(j *job) bool { return isExpired(j.env, now) })
 	d.mark(ctx, expired, store.StateExpired)
 
-	offline := d.deliver(ctx, live)
-	d.settleOffline(ctx, offline)
+	// One state lookup for the records that need one: group messages (a
+	// cancelled or recalled one is not sent) and scheduled unicast records
+	// (the message may have been cancelled after the scheduler fired it).
+	var check []*job
+	for _, j := range live {
+		if j.env.GetScheduled() {
+			check = append(check, j)
+		}
+	}
+	check = append(check, group...)
+	states := d.states(ctx, check)
+	var cancelled []*job
+	live = slices.DeleteFunc(live, func(j *job) bool {
+		if j.env.GetScheduled() && stopped(states[j.id()]) {
+			cancelled = append(cancelled, j)
+			return true
+		}
+		return false
+	})
+	group = slices.DeleteFunc(group, func(j *job) bool { return !j.env.GetRecall() && stopped(states[j.id()]) })
+	// A cancelled message's targets are recalled, not failed: nothing went
+	// wrong with the devices.
+	d.mark(ctx, cancelled, store.StateRecalled)
+
+	var wg sync.WaitGroup
+	if len(group) > 0 {
+		wg.Go(func() { d.fanOut(ctx, stopping, group) })
+	}
+	var high, normal []*job
+	for _, j := range live {
+		if j.env.GetPriority() == internalv1.Priority_PRIORITY_NORMAL && !j.env.GetOnlineOnly() {
+			j.lazy = true
+			normal = append(normal, j)
+			continue
+		}
+		high = append(high, j)
+	}
+	offline := d.deliver(ctx, high)
+	d.settleOffline(ctx, append(offline, normal...))
+	wg.Wait()
 	d.m.latency.Record(ctx, d.now().Sub(start).Seconds())
 	d.m.processed.Add(ctx, int64(len(recs)))
+}
+
+// isExpired: the message's TTL passed. Online-only messages carry no expiry.
+func isExpired(env *internalv1.Envelope, now time.Time) bool {
+	return !env.GetOnlineOnly() && env.GetExpiresAtMs() > 0 && now.UnixMilli() >= env.GetExpiresAtMs()
+}
+
+// stopped: the message must not be sent (any more).
+func stopped(s store.MessageState) bool {
+	return s == store.MessageCancelled || s == store.MessageRecalled
+}
+
+// states looks the jobs' message states up, retrying store errors. Absent
+// messages are missing from the map (and count as active).
+func (d *Dispatcher) states(ctx context.Context, jobs []*job) map[string]store.MessageState {
+	if len(jobs) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(jobs))
+	seen := make(map[string]bool, len(jobs))
+	for _, j := range jobs {
+		if !seen[j.id()] {
+			seen[j.id()] = true
+			ids = append(ids, j.id())
+		}
+	}
+	var got map[string]store.MessageState
+	d.retry(ctx, "message states", func(ctx context.Context) error {
+		var err error
+		got, err = d.deps.Store.MessageStates(ctx, ids)
+		return err
+	})
+	return got
+}
+
+// fanOut sends group messages (and recalls of them): each is first kept in
+// its app's topic log (the replay source of devices that connect later),
+// then handed to every gateway node.
+func (d *Dispatcher) fanOut(ctx context.Context, stopping <-chan struct{}, jobs []*job) {
+	var kept []*job
+	for _, j := range jobs {
+		if j.env.GetRecall() || j.env.GetOnlineOnly() {
+			continue
+		}
+		b := store.Broadcast{MessageID: j.id(), Body: j.val}
+		if ms := j.env.GetExpiresAtMs(); ms > 0 {
+			b.ExpiresAt = time.UnixMilli(ms)
+		}
+		d.retry(ctx, "store broadcast", func(ctx context.Context) error {
+			return d.deps.Store.PutBroadcast(ctx, j.env.GetAppId(), b)
+		})
+		kept = append(kept, j)
+	}
+	// A recall that raced with the store above found nothing to flag: look
+	// again now that the messages are kept, and flag those recalled since.
+	states := d.states(ctx, kept)
+	recalled := make(map[*job]bool)
+	for _, j := range kept {
+		if states[j.id()] == store.MessageRecalled {
+			recalled[j] = true
+			d.retry(ctx, "recall broadcast", func(ctx context.Context) error {
+				return d.deps.Store.RecallBroadcast(ctx, j.env.GetAppId(), j.id())
+			})
+		}
+	}
+	jobs = slices.DeleteFunc(jobs, func(j *job) bool { return recalled[j] })
+	if len(jobs) == 0 {
+		return
+	}
+	var wg sync.WaitGroup
+	for _, node := range d.deps.Gateways.Nodes() {
+		wg.Go(func() { d.broadcastTo(ctx, stopping, node, jobs) })
+	}
+	wg.Wait()
+	d.m.broadcasts.Add(ctx, int64(len(jobs)))
+}
+
+// broadcastTo hands one node the group messages in order. A node that
+// fails is retried with backoff for up to Config.BroadcastRetry, then
+// skipped for the rest of the batch; a node that leaves is skipped at once.
+// Either way its devices replay the messages from the topic log when they
+// reconnect.
+func (d *Dispatcher) broadcastTo(ctx context.Context, stopping <-chan struct{}, node string, jobs []*job) {
+	var giveUp time.Time // set at the first failure
+	for i, j := range jobs {
+		backoff := 100 * time.Millisecond
+		for {
+			bctx, cancel := context.WithTimeout(ctx, d.cfg.DeliverTimeout)
+			matched, err := d.deps.Gateways.Broadcast(bctx, node, j.env)
+			cancel()
+			if err == nil {
+				d.m.matched.Add(ctx, matched)
+				break
+			}
+			now := d.now()
+			if giveUp.IsZero() {
+				giveUp = now.Add(d.cfg.BroadcastRetry)
+			}
+			if now.After(giveUp) || !slices.Contains(d.deps.Gateways.Nodes(), node) || isClosed(stopping) {
+				d.log.Warn("gateway skipped for group messages", "node", node, "messages", len(jobs)-i, "err", err)
+				d.m.skipped.Add(ctx, int64(len(jobs)-i))
+				return
+			}
+			d.log.Warn("broadcast to gateway failed; retrying", "node", node, "message", j.id(), "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-stopping:
+			}
+			backoff = min(2*backoff, 5*time.Second)
+		}
+	}
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // deliver looks routes up and delivers; it returns the jobs that were not acked.
@@ -299,10 +501,12 @@ func (d *Dispatcher) lookup(ctx context.Context, jobs []*job) map[string]route.R
 	return routes
 }
 
-// settleOffline stores what was not acked: online-only messages expire,
-// messages of deleted devices fail, the rest go to the inbox. Then it
+// settleOffline stores what was not acked (and priority-normal messages,
+// never tried): online-only messages expire, recalled messages are marked
+// so, messages of deleted devices fail, the rest go to the inbox. Then it
 // re-checks the routes of the stored devices: a device that connected
-// meanwhile is told to drain, so nothing sits stored while its device is online.
+// meanwhile is told to drain (lazily when all it got is priority normal),
+// so nothing sits stored while its device is online.
 func (d *Dispatcher) settleOffline(ctx context.Context, jobs []*job) {
 	if len(jobs) == 0 {
 		return
@@ -319,6 +523,17 @@ func (d *Dispatcher) settleOffline(ctx context.Context, jobs []*job) {
 	if len(keep) == 0 {
 		return
 	}
+	// Recalled (or cancelled) messages are not stored.
+	states := d.states(ctx, keep)
+	var recalled []*job
+	keep = slices.DeleteFunc(keep, func(j *job) bool {
+		if stopped(states[j.id()]) {
+			recalled = append(recalled, j)
+			return true
+		}
+		return false
+	})
+	d.mark(ctx, recalled, store.StateRecalled)
 	exists := d.existing(ctx, keep)
 	var gone, stored []*job
 	for _, j := range keep {
@@ -331,21 +546,52 @@ func (d *Dispatcher) settleOffline(ctx context.Context, jobs []*job) {
 	}
 	d.mark(ctx, gone, store.StateFailed)
 	d.m.stored.Add(ctx, int64(len(stored)))
+	stored = d.unstoreRecalled(ctx, stored)
 	if len(stored) == 0 {
 		return
 	}
 	routes := d.lookup(ctx, stored)
-	drained := make(map[string]bool)
+	lazy := make(map[string]bool)
 	for _, j := range stored {
-		r, ok := routes[j.key]
-		if !ok || drained[j.key] {
+		if _, ok := routes[j.key]; !ok {
 			continue
 		}
-		drained[j.key] = true
-		if err := d.deps.Gateways.Drain(ctx, r.Node, j.key, r.ConnID); err != nil {
-			d.log.Warn("request drain", "device", j.key, "node", r.Node, "err", err)
+		if l, seen := lazy[j.key]; !seen || l {
+			lazy[j.key] = j.lazy
 		}
 	}
+	for key, l := range lazy {
+		r := routes[key]
+		if err := d.deps.Gateways.Drain(ctx, r.Node, key, r.ConnID, l); err != nil {
+			d.log.Warn("request drain", "device", key, "node", r.Node, "lazy", l, "err", err)
+		}
+	}
+}
+
+// unstoreRecalled closes the race with a recall: the api flags the message
+// recalled, then deletes its inbox entries. An entry stored after that
+// deletion is found here (the flag is set by then) and deleted. It returns
+// the stored jobs that remain.
+func (d *Dispatcher) unstoreRecalled(ctx context.Context, stored []*job) []*job {
+	if len(stored) == 0 {
+		return nil
+	}
+	states := d.states(ctx, stored)
+	var recalled []*job
+	stored = slices.DeleteFunc(stored, func(j *job) bool {
+		if stopped(states[j.id()]) {
+			recalled = append(recalled, j)
+			return true
+		}
+		return false
+	})
+	for _, j := range recalled {
+		d.retry(ctx, "delete recalled", func(ctx context.Context) error {
+			return d.deps.Store.Delete(ctx, j.env.GetAppId(), j.env.GetDeviceId(), j.id())
+		})
+	}
+	d.mark(ctx, recalled, store.StateRecalled)
+	return stored
 }
 
 // existing reports which job devices are still registered, retrying store errors.
@@ -372,12 +618,7 @@ func (d *Dispatcher) existing(ctx context.Context, jobs []*job) map[string]bool 
 }
 
 func (d *Dispatcher) put(ctx context.Context, j *job) {
-	body, err := proto.Marshal(j.env)
-	if err != nil {
-		d.log.Error("encode inbox entry", "err", err)
-		return
-	}
-	e := store.InboxEntry{MessageID: j.env.GetPush().GetMessageId(), CollapseID: j.env.GetPush().GetCollapseId(), Body: body}
+	e := store.InboxEntry{MessageID: j.id(), CollapseID: j.env.GetPush().GetCollapseId(), Body: j.val}
 	if ms := j.env.GetExpiresAtMs(); ms > 0 {
 		e.ExpiresAt = time.UnixMilli(ms)
 	}
@@ -387,19 +628,40 @@ func (d *Dispatcher) put(ctx context.Context, j *job) {
 	})
 }
 
+// mark records a terminal state for each job's (message, device) and emits
+// the matching receipts.
 func (d *Dispatcher) mark(ctx context.Context, jobs []*job, state store.DeliveryState) {
 	if len(jobs) == 0 {
 		return
 	}
 	ts := make([]store.Transition, len(jobs))
 	for i, j := range jobs {
-		ts[i] = store.Transition{MessageID: j.env.GetPush().GetMessageId(), DeviceID: j.env.GetDeviceId(), State: state}
+		ts[i] = store.Transition{MessageID: j.id(), DeviceID: j.env.GetDeviceId(), State: state}
 	}
 	d.retry(ctx, "mark "+state.String(), func(ctx context.Context) error {
 		return d.deps.Store.Mark(ctx, ts...)
 	})
-	if state == store.StateExpired {
+	switch state {
+	case store.StateExpired:
 		d.m.expired.Add(ctx, int64(len(jobs)))
+		d.emit(jobs, receipt.EventExpired)
+	case store.StateFailed:
+		d.emit(jobs, receipt.EventFailed)
+	case store.StateRecalled:
+		d.m.recalled.Add(ctx, int64(len(jobs)))
+	}
+}
+
+func (d *Dispatcher) emit(jobs []*job, event string) {
+	if d.deps.Receipts == nil {
+		return
+	}
+	at := d.now().UnixMilli()
+	for _, j := range jobs {
+		d.deps.Receipts.Emit(receipt.Receipt{
+			AppID: j.env.GetAppId(), MessageID: j.id(), DeviceID: j.env.GetDeviceId(),
+			Event: event, Count: 1, AtMS: at,
+		})
 	}
 }
 
