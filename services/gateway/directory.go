@@ -2,9 +2,11 @@ package gateway
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"github.com/heraldpush/herald/pkg/delivery"
+	"github.com/heraldpush/herald/pkg/envelope/internalv1"
 )
 
 // Directory reaches the gateways running in this process by node id. It is
@@ -30,6 +32,18 @@ func (d *Directory) node(id string) *Gateway {
 	return d.nodes[id]
 }
 
+// Nodes returns the node ids of the directory's gateways, sorted.
+func (d *Directory) Nodes() []string {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	out := make([]string, 0, len(d.nodes))
+	for id := range d.nodes {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // Deliver hands the deliveries to the node; a node that is not here (a
 // stale route) answers NotHere for all of them.
 func (d *Directory) Deliver(ctx context.Context, node string, ds []delivery.Delivery) ([]delivery.Outcome, error) {
@@ -44,12 +58,23 @@ func (d *Directory) Deliver(ctx context.Context, node string, ds []delivery.Deli
 	return g.Deliver(ctx, ds), nil
 }
 
-// Drain asks the node to drain the device's inbox.
-func (d *Directory) Drain(ctx context.Context, node, device string, connID uint64) error {
+// Drain asks the node to drain the device's inbox, now or (lazy) when the
+// device is next active.
+func (d *Directory) Drain(ctx context.Context, node, device string, connID uint64, lazy bool) error {
 	if g := d.node(node); g != nil {
-		g.Drain(ctx, device, connID)
+		g.Drain(ctx, device, connID, lazy)
 	}
 	return nil
+}
+
+// Broadcast hands a group message (or its recall) to the node and returns
+// the sessions it matched there. A node that is not here matches nothing.
+func (d *Directory) Broadcast(ctx context.Context, node string, env *internalv1.Envelope) (int64, error) {
+	g := d.node(node)
+	if g == nil {
+		return 0, nil
+	}
+	return g.Broadcast(ctx, env)
 }
 
 // Kick closes the device's session on whichever local gateway holds it.
@@ -58,6 +83,19 @@ func (d *Directory) Kick(ctx context.Context, appID, deviceID string) error {
 	defer d.mu.RUnlock()
 	for _, g := range d.nodes {
 		if err := g.Kick(ctx, appID, deviceID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Refresh reloads the device's platform, tags and topics into its session
+// on whichever local gateway holds it.
+func (d *Directory) Refresh(ctx context.Context, appID, deviceID string) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	for _, g := range d.nodes {
+		if err := g.Refresh(ctx, appID, deviceID); err != nil {
 			return err
 		}
 	}

@@ -233,6 +233,9 @@ func (l *eventLoop) dispatch(s *session, f frame.Frame) {
 		}
 	} else {
 		s.lastSeen.Store(time.Now().UnixNano())
+		if s.wake.Load() != 0 && s.authed.Load() {
+			s.awake() // normal-priority work waiting for this device to be active
+		}
 		if (f.Type == frame.TypePing || f.Type == frame.TypePong) && s.authed.Load() && s.idle() {
 			if f.Type == frame.TypePing {
 				_ = s.write(frame.Pong) // never blocks: the loop's write is buffered

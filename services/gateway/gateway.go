@@ -5,6 +5,13 @@
 // and writes the pushes the dispatcher hands it, reporting each one acked,
 // timed out or not here.
 //
+// Group messages (tags, topic, "all") arrive once per gateway through
+// Broadcast and fan out to the app's matching sessions: at once, paced over
+// a window, or (normal priority) at each device's next inbound frame. A
+// device that connects replays the group messages it missed from the app's
+// topic log, after its inbox. The session also serves SUBSCRIBE, RECEIPT
+// and SETBADGE, and emits delivery receipts.
+//
 // The I/O layer sits behind the small session type: either one reader
 // goroutine per connection (IOGoroutine) or a few epoll event loops that
 // decode frames incrementally and hand blocking work to a bounded worker
@@ -18,6 +25,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +36,7 @@ import (
 	"github.com/heraldpush/herald/api/frame"
 	"github.com/heraldpush/herald/pkg/delivery"
 	"github.com/heraldpush/herald/pkg/pushlog"
+	"github.com/heraldpush/herald/pkg/receipt"
 	"github.com/heraldpush/herald/pkg/route"
 	"github.com/heraldpush/herald/pkg/store"
 	"github.com/heraldpush/herald/pkg/timewheel"
@@ -47,6 +56,13 @@ type Config struct {
 	DrainTimeout     time.Duration // shutdown: reconnects are spread over this window
 	WriteTimeout     time.Duration // a write blocked this long marks a slow consumer
 	IO               string        // IOGoroutine (default) or IOEventLoop
+	// NormalMaxDelay bounds how long a normal-priority push (group push or
+	// lazy inbox drain) waits for the device's next inbound frame.
+	NormalMaxDelay time.Duration
+	// ReplayLookback: the group-message replay at CONNECT starts this far
+	// before the device's broadcast cursor, so a paced or deferred push
+	// older than the cursor is still found (the SDK drops duplicates).
+	ReplayLookback time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -83,6 +99,20 @@ func (c *Config) setDefaults() {
 	if c.IO == "" {
 		c.IO = IOGoroutine
 	}
+	if c.NormalMaxDelay <= 0 {
+		c.NormalMaxDelay = 10 * time.Minute
+	}
+	if c.ReplayLookback <= 0 {
+		c.ReplayLookback = 70 * time.Minute
+	}
+}
+
+// GroupStore is the part of the store group messages use: badge counters,
+// daily quotas and the apps' topic logs (the replay source).
+type GroupStore interface {
+	store.Badges
+	store.Quotas
+	store.TopicLog
 }
 
 // Deps are the gateway's collaborators.
@@ -90,8 +120,12 @@ type Deps struct {
 	Registry store.Registry
 	Inbox    store.Inbox
 	Status   store.Status
+	// Store keeps badges, daily quotas and topic logs; nil takes Registry
+	// if it implements GroupStore (a store.Store does).
+	Store    GroupStore
 	Routes   route.Table
 	Log      pushlog.Appender // upstream messages
+	Receipts *receipt.Emitter // delivered / sent / clicked / opened; nil = none
 	Meter    metric.Meter     // nil = no metrics
 }
 
@@ -105,12 +139,16 @@ type Gateway struct {
 	m      metrics
 
 	mu       sync.RWMutex
-	sessions map[string]*session // by route key
+	sessions map[string]*session   // by route key
+	apps     map[string][]*session // the same sessions by app (session.appIdx)
 	conns    map[*session]struct{}
 	closing  bool
 
-	ready chan struct{}
-	addr  atomic.Value // string
+	groups groups
+
+	ready   chan struct{}
+	stopped chan struct{} // closed once Run has shut the sessions down
+	addr    atomic.Value  // string
 }
 
 // New returns a gateway; Run starts it.
@@ -119,8 +157,11 @@ func New(cfg Config, deps Deps, logger *slog.Logger) (*Gateway, error) {
 	if cfg.IO != IOGoroutine && cfg.IO != IOEventLoop {
 		return nil, fmt.Errorf("gateway: io %q is neither %q nor %q", cfg.IO, IOGoroutine, IOEventLoop)
 	}
-	if deps.Registry == nil || deps.Inbox == nil || deps.Status == nil || deps.Routes == nil || deps.Log == nil {
-		return nil, errors.New("gateway: registry, inbox, status, routes and log are required")
+	if deps.Store == nil {
+		deps.Store, _ = deps.Registry.(GroupStore)
+	}
+	if deps.Registry == nil || deps.Inbox == nil || deps.Status == nil || deps.Store == nil || deps.Routes == nil || deps.Log == nil {
+		return nil, errors.New("gateway: registry, inbox, status, store, routes and log are required")
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -140,8 +181,11 @@ func New(cfg Config, deps Deps, logger *slog.Logger) (*Gateway, error) {
 		wheel:    timewheel.New(100*time.Millisecond, 1024),
 		m:        m,
 		sessions: make(map[string]*session),
+		apps:     make(map[string][]*session),
 		conns:    make(map[*session]struct{}),
+		groups:   newGroups(),
 		ready:    make(chan struct{}),
+		stopped:  make(chan struct{}),
 	}
 	g.addr.Store("")
 	return g, nil
@@ -213,6 +257,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	<-ctx.Done()
 	_ = ln.Close()
 	<-acceptDone
+	close(g.stopped) // paced fan-outs end
 	g.shutdown()
 	wg.Wait()
 	if loop != nil {
@@ -246,6 +291,13 @@ func (g *Gateway) register(s *session) (old *session, ok bool) {
 	}
 	old = g.sessions[s.key]
 	g.sessions[s.key] = s
+	if old != nil && old.appIdx >= 0 {
+		g.apps[s.appID][old.appIdx] = s
+		s.appIdx, old.appIdx = old.appIdx, -1
+	} else {
+		s.appIdx = int32(len(g.apps[s.appID]))
+		g.apps[s.appID] = append(g.apps[s.appID], s)
+	}
 	return old, true
 }
 
@@ -265,9 +317,36 @@ func (g *Gateway) forget(s *session) (wasCurrent bool) {
 	delete(g.conns, s)
 	if s.key != "" && g.sessions[s.key] == s {
 		delete(g.sessions, s.key)
+		g.unindexLocked(s)
 		return true
 	}
 	return false
+}
+
+// unindexLocked removes s from its app's session list (g.mu held).
+func (g *Gateway) unindexLocked(s *session) {
+	list := g.apps[s.appID]
+	i := s.appIdx
+	if i < 0 || int(i) >= len(list) || list[i] != s {
+		return
+	}
+	last := list[len(list)-1]
+	list[i], last.appIdx = last, i
+	list[len(list)-1] = nil
+	list = list[:len(list)-1]
+	s.appIdx = -1
+	if len(list) == 0 {
+		delete(g.apps, s.appID)
+		return
+	}
+	g.apps[s.appID] = list
+}
+
+// appSessions returns a snapshot of the app's current sessions.
+func (g *Gateway) appSessions(appID string) []*session {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return slices.Clone(g.apps[appID])
 }
 
 func (g *Gateway) lookup(key string) *session {
@@ -320,10 +399,16 @@ func (g *Gateway) Deliver(ctx context.Context, ds []delivery.Delivery) []deliver
 }
 
 // Drain asks the session (if it is still the device's current one) to push
-// what is in the device's inbox. It returns at once; draining is async.
-func (g *Gateway) Drain(_ context.Context, device string, connID uint64) {
+// what is in the device's inbox: now, or with lazy at the device's next
+// inbound frame (a heartbeat, anything) or after Config.NormalMaxDelay,
+// whichever comes first. It returns at once; draining is async.
+func (g *Gateway) Drain(_ context.Context, device string, connID uint64, lazy bool) {
 	s := g.lookup(device)
 	if s == nil || s.id != connID {
+		return
+	}
+	if lazy {
+		s.drainWhenAwake()
 		return
 	}
 	s.requestDrain()

@@ -20,11 +20,12 @@ type metrics struct {
 	upstream    metric.Int64Counter
 	closes      metric.Int64Counter
 	outcomes    metric.Int64Counter
+	replayed    metric.Int64Counter
 }
 
 func newMetrics(m metric.Meter) (metrics, error) {
 	var x metrics
-	var errs [8]error
+	var errs [9]error
 	x.connections, errs[0] = m.Int64UpDownCounter("herald_gateway_connections", metric.WithDescription("Open device connections."))
 	x.framesIn, errs[1] = m.Int64Counter("herald_gateway_frames_in", metric.WithDescription("Frames read from devices."))
 	x.framesOut, errs[2] = m.Int64Counter("herald_gateway_frames_out", metric.WithDescription("Writes to devices (one write may carry several frames)."))
@@ -33,6 +34,7 @@ func newMetrics(m metric.Meter) (metrics, error) {
 	x.upstream, errs[5] = m.Int64Counter("herald_gateway_upstream", metric.WithDescription("Upstream messages accepted from devices."))
 	x.closes, errs[6] = m.Int64Counter("herald_gateway_disconnects", metric.WithDescription("Sessions closed by the server, by close code."))
 	x.outcomes, errs[7] = m.Int64Counter("herald_gateway_deliveries", metric.WithDescription("Live deliveries by outcome."))
+	x.replayed, errs[8] = m.Int64Counter("herald_gateway_group_replayed", metric.WithDescription("Group messages pushed from topic logs at connect."))
 	for _, err := range errs {
 		if err != nil {
 			return x, fmt.Errorf("gateway: metrics: %w", err)

@@ -10,9 +10,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	"github.com/heraldpush/herald/pkg/delivery"
 	"github.com/heraldpush/herald/pkg/envelope/internalv1"
@@ -40,7 +42,7 @@ func deadlineMargin(remaining time.Duration) time.Duration {
 // RPCServer serves herald.internal.v1.GatewayNode for one gateway (the
 // dispatchers and the api of a cluster call it), with the standard gRPC
 // health service next to it. It maps each call onto the gateway's
-// Deliver, Drain and Kick.
+// Deliver, Drain, Kick, Broadcast and Refresh.
 type RPCServer struct {
 	internalv1.UnimplementedGatewayNodeServer
 	g      *Gateway
@@ -204,13 +206,41 @@ func (s *RPCServer) Deliver(ctx context.Context, req *internalv1.DeliverRequest)
 	return &internalv1.DeliverResponse{Outcomes: out}, nil
 }
 
-// Drain asks the device's session conn_id to drain its inbox, if this
-// node holds it.
+// Drain asks the device's session conn_id to drain its inbox (lazy: at
+// the device's next activity), if this node holds it.
 func (s *RPCServer) Drain(ctx context.Context, req *internalv1.DrainRequest) (*internalv1.DrainResponse, error) {
 	if req.GetNode() == s.g.NodeID() {
-		s.g.Drain(ctx, req.GetDevice(), req.GetConnId())
+		s.g.Drain(ctx, req.GetDevice(), req.GetConnId(), req.GetLazy())
 	}
 	return &internalv1.DrainResponse{}, nil
+}
+
+// Broadcast fans a group message (or its recall) out to this node's
+// matching sessions. A request for another node id matches nothing: the
+// caller's view of the cluster is stale, and that node's devices replay
+// the message from the topic log when they reconnect.
+func (s *RPCServer) Broadcast(ctx context.Context, req *internalv1.BroadcastRequest) (*internalv1.BroadcastResponse, error) {
+	if req.GetNode() != s.g.NodeID() {
+		s.log.Warn("broadcast for another node", "to_node", req.GetNode())
+		return &internalv1.BroadcastResponse{}, nil
+	}
+	if req.GetEnvelope().GetAudience() == nil || req.GetEnvelope().GetPush().GetMessageId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "broadcast needs an envelope with an audience and a message id")
+	}
+	n, err := s.g.Broadcast(ctx, req.GetEnvelope())
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return &internalv1.BroadcastResponse{Matched: n}, nil
+}
+
+// Refresh reloads the device's platform, tags and topics into its
+// session, whatever node id the caller named (like Kick).
+func (s *RPCServer) Refresh(ctx context.Context, req *internalv1.RefreshRequest) (*internalv1.RefreshResponse, error) {
+	if err := s.g.Refresh(ctx, req.GetAppId(), req.GetDeviceId()); err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return &internalv1.RefreshResponse{}, nil
 }
 
 // Kick closes the device's session if this gateway holds one, whatever

@@ -19,6 +19,7 @@ import (
 	"github.com/heraldpush/herald/pkg/envelope/internalv1"
 	"github.com/heraldpush/herald/pkg/pebbledb"
 	"github.com/heraldpush/herald/pkg/pushlog/pebblelog"
+	"github.com/heraldpush/herald/pkg/receipt"
 	"github.com/heraldpush/herald/pkg/route"
 	"github.com/heraldpush/herald/pkg/route/memroute"
 	"github.com/heraldpush/herald/pkg/store"
@@ -31,12 +32,14 @@ const rpcWait = 10 * time.Second
 // rpcEnv is a running gateway on Pebble with its gRPC server and a client
 // of it.
 type rpcEnv struct {
-	gw     *Gateway
-	srv    *RPCServer
-	store  *pebblestore.Store
-	routes *memroute.Table
-	client internalv1.GatewayNodeClient
-	health healthpb.HealthClient
+	gw       *Gateway
+	srv      *RPCServer
+	store    *pebblestore.Store
+	log      *pebblelog.Log
+	receipts *receipt.Emitter
+	routes   *memroute.Table
+	client   internalv1.GatewayNodeClient
+	health   healthpb.HealthClient
 }
 
 func rpcLogger(tb testing.TB) *slog.Logger {
@@ -61,6 +64,13 @@ func startRPCEnv(tb testing.TB) *rpcEnv {
 // client of it.
 func startEnv(tb testing.TB, io string) *rpcEnv {
 	tb.Helper()
+	return startEnvWith(tb, Config{IO: io})
+}
+
+// startEnvWith starts a gateway with cfg (node id, address, ack and drain
+// timeouts set here), its gRPC server and a client of it.
+func startEnvWith(tb testing.TB, cfg Config) *rpcEnv {
+	tb.Helper()
 	log := rpcLogger(tb)
 	db, err := pebbledb.Open(tb.TempDir(), log)
 	if err != nil {
@@ -72,8 +82,12 @@ func startEnv(tb testing.TB, io string) *rpcEnv {
 		tb.Fatal(err)
 	}
 	routes := memroute.New()
-	gw, err := New(Config{Addr: "127.0.0.1:0", NodeID: "gw-rpc", AckTimeout: 2 * time.Second, DrainTimeout: 100 * time.Millisecond, IO: io},
-		Deps{Registry: st, Inbox: st, Status: st, Routes: routes, Log: lg}, log)
+	rc := receipt.NewEmitter(lg, log)
+	cfg.Addr, cfg.NodeID, cfg.DrainTimeout = "127.0.0.1:0", "gw-rpc", 100*time.Millisecond
+	if cfg.AckTimeout == 0 {
+		cfg.AckTimeout = 2 * time.Second
+	}
+	gw, err := New(cfg, Deps{Registry: st, Inbox: st, Status: st, Routes: routes, Log: lg, Receipts: rc}, log)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -111,7 +125,7 @@ func startEnv(tb testing.TB, io string) *rpcEnv {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { _ = conn.Close() })
-	return &rpcEnv{gw: gw, srv: srv, store: st, routes: routes,
+	return &rpcEnv{gw: gw, srv: srv, store: st, log: lg, receipts: rc, routes: routes,
 		client: internalv1.NewGatewayNodeClient(conn), health: healthpb.NewHealthClient(conn)}
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/heraldpush/herald/pkg/delivery"
 	"github.com/heraldpush/herald/pkg/envelope/internalv1"
 	"github.com/heraldpush/herald/pkg/pushlog"
+	"github.com/heraldpush/herald/pkg/receipt"
 	"github.com/heraldpush/herald/pkg/route"
 	"github.com/heraldpush/herald/pkg/store"
 	"github.com/heraldpush/herald/pkg/timewheel"
@@ -41,6 +42,11 @@ type session struct {
 	id                 uint64
 	appID, device, key string
 	heartbeat          time.Duration
+	appIdx             int32 // index in g.apps[appID]; g.mu guards it
+
+	// wake holds wake* bits: work waiting for the device's next inbound
+	// frame (or Config.NormalMaxDelay). Readers check it with one atomic load.
+	wake atomic.Uint32
 
 	authed    atomic.Bool
 	lastSeen  atomic.Int64 // unix nanoseconds of the last frame read
@@ -49,10 +55,17 @@ type session struct {
 	wmu sync.Mutex // serializes writes (goroutine I/O)
 	ev  *evState   // event-loop I/O state; nil in the goroutine model
 
-	mu         sync.Mutex
-	inflight   map[string]inflightRef // allocated at the first push
-	draining   bool
-	drainAgain bool
+	mu       sync.Mutex
+	inflight map[string]inflightRef // allocated at the first push
+	// The device's audience profile (group matching): loaded at CONNECT,
+	// reloaded by Refresh and after SUBSCRIBE. Slices are replaced, never
+	// changed in place; nil when empty.
+	platform     string
+	tags, topics []string
+	grp          *groupState // group pushes queued or unacked; nil when none
+	replaying    bool        // CONNECT drain + replay running: live group pushes are held
+	draining     bool
+	drainAgain   bool
 	// drainRetries counts drains in a row that ended without emptying the
 	// inbox (no acks, store errors); the next one waits longer.
 	drainRetries uint8
@@ -65,7 +78,7 @@ type session struct {
 func (s *session) route() route.Route { return route.Route{Node: s.g.cfg.NodeID, ConnID: s.id} }
 
 func (g *Gateway) newSession(c net.Conn) *session {
-	return &session{g: g, conn: c, closedCh: make(chan struct{})}
+	return &session{g: g, conn: c, appIdx: -1, closedCh: make(chan struct{})}
 }
 
 // serve is the goroutine I/O model: this goroutine reads the connection
@@ -100,6 +113,9 @@ func (g *Gateway) serve(ctx context.Context, c net.Conn) {
 		}
 		s.lastSeen.Store(time.Now().UnixNano())
 		g.m.framesIn.Add(ctx, 1)
+		if s.wake.Load() != 0 {
+			s.awake()
+		}
 		if !s.handle(f) {
 			return
 		}
@@ -139,7 +155,7 @@ func (s *session) connect(ctx context.Context, req *devicev1.Connect) bool {
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
 	defer cancel()
-	appID, err := g.authenticate(sctx, req)
+	dev, err := g.authenticate(sctx, req)
 	if err != nil {
 		if errors.Is(err, herald.ErrUnauthenticated) {
 			s.closeWith(frame.CodeUnauthorized, "unauthorized", 0)
@@ -150,10 +166,12 @@ func (s *session) connect(ctx context.Context, req *devicev1.Connect) bool {
 		return false
 	}
 	s.id = g.nextID.Add(1)
-	s.appID, s.device = appID, req.GetDeviceId()
-	s.key = route.Key(appID, s.device)
+	s.appID, s.device = dev.AppID, req.GetDeviceId()
+	s.key = route.Key(s.appID, s.device)
 	s.heartbeat = g.negotiateHeartbeat(req.GetHeartbeatSeconds())
-	s.draining = true // live pushes wait until the inbox is drained, to keep send order
+	s.setProfile(dev)
+	s.draining = true  // live pushes wait until the inbox is drained, to keep send order
+	s.replaying = true // live group pushes wait for the replay (after the drain)
 	old, ok := g.register(s)
 	if !ok {
 		s.closeWith(frame.CodeShutdown, "gateway shutting down", 0)
@@ -182,31 +200,39 @@ func (s *session) connect(ctx context.Context, req *devicev1.Connect) bool {
 		return false
 	}
 	s.scheduleHeartbeatCheck(now)
-	go s.drainLoop()
+	cursor, created := req.GetBroadcastCursor(), dev.CreatedAt
+	go func() {
+		s.drainLoop()
+		s.replay(cursor, created)
+	}()
 	return true
 }
 
-func (g *Gateway) authenticate(ctx context.Context, req *devicev1.Connect) (appID string, err error) {
+// authenticate checks the device's credentials and returns its
+// registration (AppID set).
+func (g *Gateway) authenticate(ctx context.Context, req *devicev1.Connect) (store.Device, error) {
 	if req.GetAppKey() == "" || req.GetDeviceId() == "" || req.GetDeviceToken() == "" {
-		return "", herald.ErrUnauthenticated
+		return store.Device{}, herald.ErrUnauthenticated
 	}
 	app, err := g.deps.Registry.AppByKey(ctx, req.GetAppKey())
 	if errors.Is(err, herald.ErrAppNotFound) {
-		return "", herald.ErrUnauthenticated
+		return store.Device{}, herald.ErrUnauthenticated
 	} else if err != nil {
-		return "", err
+		return store.Device{}, err
 	}
 	dev, err := g.deps.Registry.Device(ctx, app.ID, req.GetDeviceId())
 	if errors.Is(err, herald.ErrDeviceNotFound) {
-		return "", herald.ErrUnauthenticated
+		return store.Device{}, herald.ErrUnauthenticated
 	} else if err != nil {
-		return "", err
+		return store.Device{}, err
 	}
 	sum := sha256.Sum256([]byte(req.GetDeviceToken()))
 	if subtle.ConstantTimeCompare(sum[:], dev.TokenHash) != 1 {
-		return "", herald.ErrUnauthenticated
+		return store.Device{}, herald.ErrUnauthenticated
 	}
-	return app.ID, nil
+	dev.AppID = app.ID
+	dev.TokenHash = nil // not kept in the session
+	return dev, nil
 }
 
 // scheduleHeartbeatCheck arms the session's one wheel timer. Frames never
@@ -283,6 +309,27 @@ func (s *session) handle(f frame.Frame) bool {
 			return false
 		}
 		return s.upstream(&up)
+	case frame.TypeSubscribe:
+		var sub devicev1.Subscribe
+		if err := proto.Unmarshal(f.Body, &sub); err != nil {
+			s.closeWith(frame.CodeBadFrame, "undecodable SUBSCRIBE", 0)
+			return false
+		}
+		return s.subscribe(&sub)
+	case frame.TypeReceipt:
+		var r devicev1.Receipt
+		if err := proto.Unmarshal(f.Body, &r); err != nil {
+			s.closeWith(frame.CodeBadFrame, "undecodable RECEIPT", 0)
+			return false
+		}
+		s.receipt(&r)
+	case frame.TypeSetBadge:
+		var b devicev1.SetBadge
+		if err := proto.Unmarshal(f.Body, &b); err != nil {
+			s.closeWith(frame.CodeBadFrame, "undecodable SETBADGE", 0)
+			return false
+		}
+		s.setBadge(b.GetBadge())
 	case frame.TypeDisconnect:
 		s.closeQuietly()
 		return false
@@ -293,31 +340,68 @@ func (s *session) handle(f frame.Frame) bool {
 	return true
 }
 
-// acked records the device's acks (delivered + inbox copy removed), then
-// resolves the waiters, so the dispatcher only hears "acked" once it is on
-// record.
+// acked records the device's acks, then resolves the waiters, so the
+// dispatcher only hears "acked" once it is on record. A unicast ack marks
+// the target delivered and deletes the inbox copy; a group ack (the session
+// pushed that id as a group message) has no per-device rows to touch. Each
+// emits a "delivered" receipt.
 func (s *session) acked(ids []string) {
 	if len(ids) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	ts := make([]store.Transition, len(ids))
-	for i, id := range ids {
+	unicast := ids
+	var (
+		refs  []inflightRef
+		group []string // acked group pushes that count (not replayed duplicates)
+	)
+	s.mu.Lock()
+	if s.grp != nil || s.replaying {
+		unicast = nil
+		for _, id := range ids {
+			if ref, ok := s.inflight[id]; ok && ref.kind != kindUnicast {
+				delete(s.inflight, id)
+				refs = append(refs, ref)
+				if ref.kind == kindGroup {
+					group = append(group, id)
+				}
+			} else if !ok && s.takeSent(id) {
+				group = append(group, id)
+			} else {
+				unicast = append(unicast, id)
+			}
+		}
+		s.tidyGroup()
+	}
+	s.mu.Unlock()
+	for _, ref := range refs {
+		ref.w.resolve(int(ref.i), delivery.Acked)
+	}
+	now := time.Now().UnixMilli()
+	for _, id := range group {
+		s.g.emit(receipt.Receipt{AppID: s.appID, MessageID: id, DeviceID: s.device, Event: receipt.EventDelivered, Count: 1, Group: true, AtMS: now})
+	}
+	s.g.m.acked.Add(ctx, int64(len(ids)-len(unicast)))
+	if len(unicast) == 0 {
+		return
+	}
+	ts := make([]store.Transition, len(unicast))
+	for i, id := range unicast {
 		ts[i] = store.Transition{MessageID: id, DeviceID: s.device, State: store.StateDelivered}
 	}
 	if err := s.g.deps.Status.Mark(ctx, ts...); err != nil {
 		s.g.log.Error("record acks", "device", s.key, "err", err)
 		return // unresolved: the dispatcher stores them and they are redelivered
 	}
-	if err := s.g.deps.Inbox.Delete(ctx, s.appID, s.device, ids...); err != nil {
+	if err := s.g.deps.Inbox.Delete(ctx, s.appID, s.device, unicast...); err != nil {
 		s.g.log.Error("delete acked inbox entries", "device", s.key, "err", err)
 		return
 	}
-	s.g.m.acked.Add(ctx, int64(len(ids)))
-	refs := make([]inflightRef, 0, len(ids))
+	s.g.m.acked.Add(ctx, int64(len(unicast)))
+	refs = refs[:0]
 	s.mu.Lock()
-	for _, id := range ids {
+	for _, id := range unicast {
 		if ref, ok := s.inflight[id]; ok {
 			refs = append(refs, ref)
 			delete(s.inflight, id)
@@ -325,7 +409,10 @@ func (s *session) acked(ids []string) {
 	}
 	s.mu.Unlock()
 	for _, ref := range refs {
-		ref.w.resolve(ref.i, delivery.Acked)
+		ref.w.resolve(int(ref.i), delivery.Acked)
+	}
+	for _, id := range unicast {
+		s.g.emit(receipt.Receipt{AppID: s.appID, MessageID: id, DeviceID: s.device, Event: receipt.EventDelivered, Count: 1, AtMS: now})
 	}
 }
 
@@ -385,7 +472,7 @@ func (s *session) pushLive(ds []delivery.Delivery, idx []int, w *waiter, frames 
 			continue
 		}
 		buf = b
-		s.addInflight(ds[i].Envelope.GetPush().GetMessageId(), inflightRef{w: w, i: i})
+		s.addInflight(ds[i].Envelope.GetPush().GetMessageId(), inflightRef{w: w, i: int32(i)})
 	}
 	s.mu.Unlock()
 	if len(buf) > 0 {
@@ -431,7 +518,7 @@ func (s *session) forgetTimedOut(ds []delivery.Delivery, idx []int, out []delive
 			continue
 		}
 		id := ds[i].Envelope.GetPush().GetMessageId()
-		if ref, ok := s.inflight[id]; ok && ref.i == i {
+		if ref, ok := s.inflight[id]; ok && int(ref.i) == i {
 			delete(s.inflight, id)
 		}
 	}
@@ -521,7 +608,7 @@ func (s *session) drainLoop() {
 				continue
 			}
 			buf = b
-			s.addInflight(e.MessageID, inflightRef{w: w, i: i})
+			s.addInflight(e.MessageID, inflightRef{w: w, i: int32(i)})
 		}
 		s.mu.Unlock()
 		if len(buf) > 0 && s.write(buf) != nil {
@@ -638,7 +725,7 @@ func (s *session) cleanup() {
 	s.mu.Unlock()
 	close(s.closedCh)
 	for _, ref := range refs {
-		ref.w.resolve(ref.i, delivery.NotHere)
+		ref.w.resolve(int(ref.i), delivery.NotHere)
 	}
 	s.g.forget(s)
 	if s.authed.Load() {

@@ -54,6 +54,16 @@ func (w *waiter) finish() []delivery.Outcome {
 
 // inflightRef ties a pushed message id to the waiter slot it resolves.
 type inflightRef struct {
-	w *waiter
-	i int
+	w    *waiter
+	i    int32
+	kind pushKind
 }
+
+// pushKind tells what an ack of an in-flight push records.
+type pushKind uint8
+
+const (
+	kindUnicast  pushKind = iota // status Mark + inbox delete + "delivered"
+	kindGroup                    // "delivered" only (no per-device rows)
+	kindGroupDup                 // a replayed group push the device probably had: nothing
+)

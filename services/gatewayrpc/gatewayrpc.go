@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -33,10 +34,11 @@ import (
 	"github.com/heraldpush/herald/pkg/route"
 )
 
-// Nodes resolves a gateway node id to its registration; *discovery.Set
-// is one.
+// Nodes resolves a gateway node id to its registration and lists the
+// registered gateways; *discovery.Set is one.
 type Nodes interface {
 	Get(node string) (discovery.Gateway, bool)
+	List() []discovery.Gateway
 }
 
 // Options tune a Client. The zero value takes every default.
@@ -93,7 +95,8 @@ type nodeConn struct {
 }
 
 // New returns a client resolving node ids through nodes. routes is used by
-// Kick to find the device's gateway; it may be nil if Kick is not used.
+// Kick and Refresh to find the device's gateway; it may be nil if they are
+// not used.
 func New(nodes Nodes, routes route.Table, opts Options, logger *slog.Logger) *Client {
 	opts.setDefaults()
 	if logger == nil {
@@ -268,17 +271,52 @@ func outcomeFromProto(o internalv1.Outcome) delivery.Outcome {
 	return delivery.NotHere
 }
 
-// Drain asks the node to push the device's inbox to session connID. An
-// unknown or unreachable node is an error wrapping herald.ErrUnavailable
-// (the device drains its inbox when it reconnects anyway).
-func (c *Client) Drain(ctx context.Context, node, device string, connID uint64) error {
+// Nodes returns the node ids of the registered gateways, sorted.
+func (c *Client) Nodes() []string {
+	gws := c.nodes.List()
+	out := make([]string, 0, len(gws))
+	for _, g := range gws {
+		out = append(out, g.Node)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Broadcast hands the node a group message (or its recall) and returns the
+// sessions it matched. A node that is no longer registered matches nothing
+// (nil error: it left, and its devices replay the message from the topic
+// log when they reconnect elsewhere); an unreachable one is an error
+// wrapping herald.ErrUnavailable, for the caller to retry.
+func (c *Client) Broadcast(ctx context.Context, node string, env *internalv1.Envelope) (int64, error) {
+	nc, err := c.conn(node)
+	if errors.Is(err, errUnknownNode) {
+		c.log.Debug("broadcast for a gateway that left", "node", node)
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("gatewayrpc: broadcast on %s: %w: %w", node, herald.ErrUnavailable, err)
+	}
+	ctx, cancel := c.withDeadline(ctx)
+	defer cancel()
+	resp, err := nc.node.Broadcast(ctx, &internalv1.BroadcastRequest{Node: node, Envelope: env})
+	if err != nil {
+		return 0, fmt.Errorf("gatewayrpc: broadcast on %s: %w: %w", node, herald.ErrUnavailable, err)
+	}
+	return resp.GetMatched(), nil
+}
+
+// Drain asks the node to push the device's inbox to session connID (lazy:
+// at the device's next activity). An unknown or unreachable node is an
+// error wrapping herald.ErrUnavailable (the device drains its inbox when it
+// reconnects anyway).
+func (c *Client) Drain(ctx context.Context, node, device string, connID uint64, lazy bool) error {
 	nc, err := c.conn(node)
 	if err != nil {
 		return fmt.Errorf("gatewayrpc: drain %s on %s: %w: %w", device, node, herald.ErrUnavailable, err)
 	}
 	ctx, cancel := c.withDeadline(ctx)
 	defer cancel()
-	if _, err := nc.node.Drain(ctx, &internalv1.DrainRequest{Node: node, Device: device, ConnId: connID}); err != nil {
+	if _, err := nc.node.Drain(ctx, &internalv1.DrainRequest{Node: node, Device: device, ConnId: connID, Lazy: lazy}); err != nil {
 		return fmt.Errorf("gatewayrpc: drain %s on %s: %w: %w", device, node, herald.ErrUnavailable, err)
 	}
 	return nil
@@ -287,31 +325,64 @@ func (c *Client) Drain(ctx context.Context, node, device string, connID uint64) 
 // Kick closes the device's session on the gateway its route points at.
 // No route, or a route to a node no longer registered, is nothing to do.
 func (c *Client) Kick(ctx context.Context, appID, deviceID string) error {
-	if c.routes == nil {
-		return errors.New("gatewayrpc: kick needs a routing table")
-	}
 	ctx, cancel := c.withDeadline(ctx)
 	defer cancel()
 	key := route.Key(appID, deviceID)
+	node, nc, err := c.routed(ctx, key)
+	if err != nil {
+		return fmt.Errorf("gatewayrpc: kick %w", err)
+	}
+	if nc == nil {
+		return nil
+	}
+	if _, err := nc.node.Kick(ctx, &internalv1.KickRequest{Node: node, AppId: appID, DeviceId: deviceID}); err != nil {
+		return fmt.Errorf("gatewayrpc: kick %s on %s: %w: %w", key, node, herald.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// Refresh has the gateway its route points at reload the device's
+// platform, tags and topics into the live session. No route, or a route to
+// a node no longer registered, is nothing to do.
+func (c *Client) Refresh(ctx context.Context, appID, deviceID string) error {
+	ctx, cancel := c.withDeadline(ctx)
+	defer cancel()
+	key := route.Key(appID, deviceID)
+	node, nc, err := c.routed(ctx, key)
+	if err != nil {
+		return fmt.Errorf("gatewayrpc: refresh %w", err)
+	}
+	if nc == nil {
+		return nil
+	}
+	if _, err := nc.node.Refresh(ctx, &internalv1.RefreshRequest{Node: node, AppId: appID, DeviceId: deviceID}); err != nil {
+		return fmt.Errorf("gatewayrpc: refresh %s on %s: %w: %w", key, node, herald.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// routed finds the connection to the node the device's route points at;
+// nc is nil (and err nil) when there is no route or the node is gone.
+func (c *Client) routed(ctx context.Context, key string) (node string, nc *nodeConn, err error) {
+	if c.routes == nil {
+		return "", nil, errors.New("needs a routing table")
+	}
 	got, err := c.routes.Lookup(ctx, []string{key})
 	if err != nil {
-		return fmt.Errorf("gatewayrpc: kick %s: look up route: %w", key, err)
+		return "", nil, fmt.Errorf("%s: look up route: %w", key, err)
 	}
 	r, ok := got[key]
 	if !ok {
-		return nil
+		return "", nil, nil
 	}
-	nc, err := c.conn(r.Node)
+	nc, err = c.conn(r.Node)
 	if errors.Is(err, errUnknownNode) {
-		return nil // the node is gone, and its sessions with it
+		return "", nil, nil // the node is gone, and its sessions with it
 	}
 	if err != nil {
-		return fmt.Errorf("gatewayrpc: kick %s: %w", key, err)
+		return "", nil, fmt.Errorf("%s: %w", key, err)
 	}
-	if _, err := nc.node.Kick(ctx, &internalv1.KickRequest{Node: r.Node, AppId: appID, DeviceId: deviceID}); err != nil {
-		return fmt.Errorf("gatewayrpc: kick %s on %s: %w: %w", key, r.Node, herald.ErrUnavailable, err)
-	}
-	return nil
+	return r.Node, nc, nil
 }
 
 // Check asks the node's gRPC health service whether it serves; nil when it

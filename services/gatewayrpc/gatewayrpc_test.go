@@ -321,13 +321,13 @@ func TestDrain(t *testing.T) {
 	if _, err := c.store.Put(t.Context(), "app", "dev-1", store.InboxEntry{MessageID: "01STORED", ExpiresAt: time.Now().Add(time.Hour), Body: body}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.client.Drain(t.Context(), "gw-1", d.key, d.route.ConnID); err != nil {
+	if err := c.client.Drain(t.Context(), "gw-1", d.key, d.route.ConnID, false); err != nil {
 		t.Fatalf("Drain: %v", err)
 	}
 	if got := d.receive(t, 1); !got["01STORED"] {
 		t.Fatalf("received %v", got)
 	}
-	if err := c.client.Drain(t.Context(), "gw-never", d.key, 1); !errors.Is(err, herald.ErrUnavailable) {
+	if err := c.client.Drain(t.Context(), "gw-never", d.key, 1, false); !errors.Is(err, herald.ErrUnavailable) {
 		t.Fatalf("Drain on an unknown node: %v, want ErrUnavailable", err)
 	}
 }
@@ -385,5 +385,65 @@ func TestClosedClient(t *testing.T) {
 	out, err := c.client.Deliver(t.Context(), "gw-1", []delivery.Delivery{push(d, "01A")})
 	if err != nil || !allAre(out, delivery.NotHere) {
 		t.Fatalf("Deliver after Close = %v, %v", out, err)
+	}
+}
+
+func TestNodesBroadcastRefresh(t *testing.T) {
+	c := startCluster(t, gatewayrpc.Options{})
+	ctx := t.Context()
+	d := c.connect(t, "dev-1")
+	if got := c.client.Nodes(); len(got) != 1 || got[0] != "gw-1" {
+		t.Fatalf("Nodes() = %v, want [gw-1]", got)
+	}
+	vip := &internalv1.Audience{TagExpr: "vip"}
+	env := func(id string) *internalv1.Envelope {
+		return &internalv1.Envelope{AppId: "app", Audience: vip, ExpiresAtMs: time.Now().Add(time.Hour).UnixMilli(),
+			Push: &devicev1.Push{MessageId: id, Kind: devicev1.Kind_KIND_DATA, Data: map[string]string{"id": id}}}
+	}
+	if n, err := c.client.Broadcast(ctx, "gw-1", env("01G1")); err != nil || n != 0 {
+		t.Fatalf("Broadcast before the tag: %d %v, want 0 matched", n, err)
+	}
+	if _, err := c.store.UpdateTags(ctx, "app", "dev-1", []string{"vip"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.client.Refresh(ctx, "app", "dev-1"); err != nil {
+		t.Fatalf("Refresh: %v", err)
+	}
+	if err := c.client.Refresh(ctx, "app", "dev-nobody"); err != nil {
+		t.Fatalf("Refresh without a route: %v", err)
+	}
+	if n, err := c.client.Broadcast(ctx, "gw-1", env("01G2")); err != nil || n != 1 {
+		t.Fatalf("Broadcast after Refresh: %d %v, want 1 matched", n, err)
+	}
+	if got := d.receive(t, 1); !got["01G2"] {
+		t.Fatalf("received %v", got)
+	}
+	if n, err := c.client.Broadcast(ctx, "gw-gone", env("01G3")); err != nil || n != 0 {
+		t.Fatalf("Broadcast to a node that left: %d %v, want 0 and no error", n, err)
+	}
+	c.register(t, "gw-dead", "127.0.0.1:1")
+	if _, err := c.client.Broadcast(ctx, "gw-dead", env("01G4")); !errors.Is(err, herald.ErrUnavailable) {
+		t.Fatalf("Broadcast to an unreachable node: %v, want ErrUnavailable", err)
+	}
+}
+
+func TestLazyDrain(t *testing.T) {
+	c := startCluster(t, gatewayrpc.Options{})
+	d := c.connect(t, "dev-1")
+	p := push(d, "01LAZY")
+	body, err := proto.Marshal(p.Envelope)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.store.Put(t.Context(), "app", "dev-1", store.InboxEntry{MessageID: "01LAZY", ExpiresAt: time.Now().Add(time.Hour), Body: body}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.client.Drain(t.Context(), "gw-1", d.key, d.route.ConnID, true); err != nil {
+		t.Fatalf("Drain: %v", err)
+	}
+	select {
+	case m := <-d.msgs:
+		t.Fatalf("a lazy drain pushed %s before the device was active", m.ID)
+	case <-time.After(300 * time.Millisecond):
 	}
 }
