@@ -25,6 +25,7 @@ import (
 	"github.com/heraldpush/herald/api/heraldv1"
 	"github.com/heraldpush/herald/pkg/ids"
 	"github.com/heraldpush/herald/pkg/pushlog"
+	"github.com/heraldpush/herald/pkg/receipt"
 	"github.com/heraldpush/herald/pkg/store"
 )
 
@@ -44,6 +45,11 @@ type Config struct {
 	MaxBodyBytes    int           // request body (and gRPC message); default 1 MiB
 	DefaultTTL      time.Duration // when a send sets none; default 24h
 	MaxTTL          time.Duration // largest TTL a send may ask for; default 240h
+	// DefaultRateLimit is the sends per second an app may make when its
+	// own RateLimit is 0; 0 = unlimited. Enforced per api instance.
+	DefaultRateLimit int
+	MaxSendAhead     time.Duration // how far ahead send_at may be; default 168h
+	MaxSpread        time.Duration // largest spread_over_seconds; default 1h
 	// Mount, if set, registers more handlers (e.g. /healthz, /readyz,
 	// /metrics) on the REST server's mux.
 	Mount func(*http.ServeMux)
@@ -71,6 +77,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxTTL == 0 {
 		c.MaxTTL = 240 * time.Hour
 	}
+	if c.MaxSendAhead == 0 {
+		c.MaxSendAhead = 168 * time.Hour
+	}
+	if c.MaxSpread == 0 {
+		c.MaxSpread = time.Hour
+	}
 	var errs []error
 	if c.MaxTargets < 0 {
 		errs = append(errs, fmt.Errorf("api: MaxTargets is %d, want > 0", c.MaxTargets))
@@ -87,13 +99,25 @@ func (c Config) withDefaults() (Config, error) {
 	if c.DefaultTTL < 0 || c.DefaultTTL > c.MaxTTL {
 		errs = append(errs, fmt.Errorf("api: DefaultTTL is %s, want between 0 and MaxTTL (%s)", c.DefaultTTL, c.MaxTTL))
 	}
+	if c.DefaultRateLimit < 0 {
+		errs = append(errs, fmt.Errorf("api: DefaultRateLimit is %d, want >= 0 (0 = unlimited)", c.DefaultRateLimit))
+	}
+	if c.MaxSendAhead < time.Second {
+		errs = append(errs, fmt.Errorf("api: MaxSendAhead is %s, want >= 1s", c.MaxSendAhead))
+	}
+	if c.MaxSpread < time.Second {
+		errs = append(errs, fmt.Errorf("api: MaxSpread is %s, want >= 1s", c.MaxSpread))
+	}
 	return c, errors.Join(errs...)
 }
 
-// Kicker closes the live session of a device (the api calls it after
-// deleting the device).
+// Kicker reaches the live session of a device, wherever it is connected.
 type Kicker interface {
+	// Kick closes the session (the api calls it after deleting the device).
 	Kick(ctx context.Context, appID, deviceID string) error
+	// Refresh makes the session reload the device's registration (alias,
+	// tags, topics) so group messages match on the new values.
+	Refresh(ctx context.Context, appID, deviceID string) error
 }
 
 // Deps are the components the api role works with.
@@ -104,7 +128,10 @@ type Deps struct {
 	// Endpoints lists gateway addresses for GET /v1/endpoints; nil answers
 	// 503 unavailable.
 	Endpoints Endpoints
-	Meter     metric.Meter // nil = no metrics
+	// Receipts gets the api's "sent", "failed" and "recalled" receipts;
+	// nil = none.
+	Receipts *receipt.Emitter
+	Meter    metric.Meter // nil = no metrics
 }
 
 // Server serves the REST and gRPC APIs.
@@ -142,6 +169,7 @@ func New(cfg Config, deps Deps, logger *slog.Logger) (*Server, error) {
 		log:       deps.Log,
 		kicker:    deps.Kicker,
 		endpoints: deps.Endpoints,
+		receipts:  deps.Receipts,
 		nextID:    ids.New(nil).Next,
 		now:       time.Now,
 		limits: sendLimits{
@@ -149,7 +177,10 @@ func New(cfg Config, deps Deps, logger *slog.Logger) (*Server, error) {
 			MaxPayloadBytes: cfg.MaxPayloadBytes,
 			DefaultTTL:      cfg.DefaultTTL,
 			MaxTTL:          cfg.MaxTTL,
+			MaxSendAhead:    cfg.MaxSendAhead,
+			MaxSpread:       cfg.MaxSpread,
 		},
+		rates:    newRateLimiter(cfg.DefaultRateLimit),
 		logger:   logger,
 		accepted: m.messageAccepted,
 	}

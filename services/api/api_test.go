@@ -17,7 +17,8 @@ func TestConfigDefaults(t *testing.T) {
 		MaxBodyBytes: 1 << 20, DefaultTTL: 24 * time.Hour, MaxTTL: 240 * time.Hour}
 	if got.HTTPAddr != want.HTTPAddr || got.GRPCAddr != want.GRPCAddr || got.MaxTargets != want.MaxTargets ||
 		got.MaxPayloadBytes != want.MaxPayloadBytes || got.MaxBodyBytes != want.MaxBodyBytes ||
-		got.DefaultTTL != want.DefaultTTL || got.MaxTTL != want.MaxTTL {
+		got.DefaultTTL != want.DefaultTTL || got.MaxTTL != want.MaxTTL || got.DefaultRateLimit != 0 ||
+		got.MaxSendAhead != 168*time.Hour || got.MaxSpread != time.Hour {
 		t.Fatalf("defaults %+v, want %+v", got, want)
 	}
 }
@@ -33,6 +34,9 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"negative body", Config{MaxBodyBytes: -1}, "MaxBodyBytes"},
 		{"tiny max ttl", Config{MaxTTL: time.Millisecond}, "MaxTTL"},
 		{"default over max", Config{DefaultTTL: 48 * time.Hour, MaxTTL: 24 * time.Hour}, "DefaultTTL"},
+		{"negative rate limit", Config{DefaultRateLimit: -1}, "DefaultRateLimit"},
+		{"tiny send ahead", Config{MaxSendAhead: time.Millisecond}, "MaxSendAhead"},
+		{"negative spread", Config{MaxSpread: -time.Hour}, "MaxSpread"},
 		{"no deps", Config{}, "Deps"},
 	}
 	for _, tt := range tests {

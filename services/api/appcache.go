@@ -8,9 +8,9 @@ import (
 	"github.com/heraldpush/herald/pkg/store"
 )
 
-// appCacheTTL bounds how long a looked-up app is reused. Apps are created,
-// never changed, so the cache only saves the store a read per request; a
-// deleted or unknown key is never cached.
+// appCacheTTL bounds how long a looked-up app is reused: a change of an
+// app's settings (rate limit, daily cap) made through another api instance
+// takes effect here within it. An unknown key is never cached.
 const appCacheTTL = 30 * time.Second
 
 // appCache remembers apps by key for the authentication of app calls, which
@@ -43,4 +43,12 @@ func (c *appCache) get(ctx context.Context, st store.Registry, key string, now t
 	c.apps[key] = cachedApp{app: app, expires: now.Add(appCacheTTL)}
 	c.mu.Unlock()
 	return app, nil
+}
+
+// forget drops the app with this key, so the next call reads its new
+// settings.
+func (c *appCache) forget(key string) {
+	c.mu.Lock()
+	delete(c.apps, key)
+	c.mu.Unlock()
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/heraldpush/herald/pkg/pebbledb"
 	"github.com/heraldpush/herald/pkg/pushlog"
 	"github.com/heraldpush/herald/pkg/pushlog/pebblelog"
+	"github.com/heraldpush/herald/pkg/receipt"
 	"github.com/heraldpush/herald/pkg/route"
 	"github.com/heraldpush/herald/pkg/store/pebblestore"
 )
@@ -38,9 +40,14 @@ type testEnv struct {
 	url      string
 	reader   *sdkmetric.ManualReader
 
-	mu     sync.Mutex
-	idsOut []string // every message id the service generated
-	kicked []string // "app/device" of every Kick
+	mu        sync.Mutex
+	idsOut    []string // every message id the service generated
+	kicked    []string // "app/device" of every Kick
+	refreshed []string // "app/device" of every Refresh
+
+	receipts pushlog.Consumer // the receipts log the api's emitter writes
+	emitter  *receipt.Emitter
+	skew     atomic.Int64 // added to the service's clock (ns)
 
 	marker *testApp // app with device "marker", created on first use
 }
@@ -50,6 +57,19 @@ func (e *testEnv) Kick(_ context.Context, appID, deviceID string) error {
 	defer e.mu.Unlock()
 	e.kicked = append(e.kicked, route.Key(appID, deviceID))
 	return nil
+}
+
+func (e *testEnv) Refresh(_ context.Context, appID, deviceID string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.refreshed = append(e.refreshed, route.Key(appID, deviceID))
+	return nil
+}
+
+func (e *testEnv) refreshes() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.refreshed...)
 }
 
 func (e *testEnv) generatedIDs() []string {
@@ -81,14 +101,19 @@ func newEnv(t testing.TB, configure ...func(*Config)) *testEnv {
 	if err != nil {
 		t.Fatalf("consume push log: %v", err)
 	}
-	e := &testEnv{db: db, store: st, log: lg, consumer: consumer, reader: sdkmetric.NewManualReader()}
+	receipts, err := lg.Consume(t.Context(), pushlog.TopicReceipts, "api-test")
+	if err != nil {
+		t.Fatalf("consume receipts log: %v", err)
+	}
+	e := &testEnv{db: db, store: st, log: lg, consumer: consumer, receipts: receipts, reader: sdkmetric.NewManualReader()}
+	e.emitter = receipt.NewEmitter(lg, quiet)
 
 	cfg := Config{HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", AdminToken: testAdminToken}
 	for _, f := range configure {
 		f(&cfg)
 	}
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(e.reader))
-	srv, err := New(cfg, Deps{Store: st, Log: lg, Kicker: e, Meter: mp.Meter("api-test")}, testLogger(t, slog.LevelInfo))
+	srv, err := New(cfg, Deps{Store: st, Log: lg, Kicker: e, Receipts: e.emitter, Meter: mp.Meter("api-test")}, testLogger(t, slog.LevelInfo))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -100,17 +125,22 @@ func newEnv(t testing.TB, configure ...func(*Config)) *testEnv {
 		e.mu.Unlock()
 		return id
 	}
+	srv.svc.now = func() time.Time { return time.Now().Add(time.Duration(e.skew.Load())) }
 	e.srv = srv
 
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	done := make(chan error, 2)
 	go func() { done <- srv.Run(ctx) }()
+	go func() { done <- e.emitter.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run returned %v, want nil", err)
+		for range 2 {
+			if err := <-done; err != nil {
+				t.Errorf("Run returned %v, want nil", err)
+			}
 		}
 		_ = consumer.Close()
+		_ = receipts.Close()
 		_ = lg.Close()
 		_ = st.Close()
 		_ = db.Close()
@@ -292,6 +322,72 @@ func (e *testEnv) metricPoints(t testing.TB, name string) map[string]int64 {
 					out[b.String()] = int64(p.Count)
 				}
 			}
+		}
+	}
+	return out
+}
+
+// register registers a device with the given JSON body fields (device_id
+// and platform are added).
+func (e *testEnv) register(t testing.TB, app testApp, deviceID, platform, extra string) {
+	t.Helper()
+	body := `{"device_id":"` + deviceID + `","platform":"` + platform + `"`
+	if extra != "" {
+		body += "," + extra
+	}
+	mustStatus(t, e.do(t, "POST", "/v1/devices", app.auth, body+"}"), http.StatusCreated)
+}
+
+// sendOK sends and requires 202; it returns the answer.
+func (e *testEnv) sendOK(t testing.TB, app testApp, body string) sendAnswer {
+	t.Helper()
+	a := e.send(t, app, body)
+	mustStatus(t, a, http.StatusAccepted)
+	var res sendAnswer
+	a.decode(t, &res)
+	return res
+}
+
+// mustError requires an error answer with this status and code whose
+// message contains msg.
+func mustError(t testing.TB, a answer, status int, code, msg string) {
+	t.Helper()
+	mustStatus(t, a, status)
+	gotCode, gotMsg := a.errorCode(t)
+	if gotCode != code || !strings.Contains(gotMsg, msg) {
+		t.Fatalf("error %q %q, want %q containing %q", gotCode, gotMsg, code, msg)
+	}
+}
+
+// setLimits changes an app's limits through the admin API.
+func (e *testEnv) setLimits(t testing.TB, app testApp, body string) {
+	t.Helper()
+	mustStatus(t, e.do(t, "PATCH", "/v1/apps/"+app.ID, adminAuth, body), http.StatusOK)
+}
+
+// receiptsOf reads the receipts log until want receipts of the message
+// have arrived, and returns them.
+func (e *testEnv) receiptsOf(t testing.TB, messageID string, want int) []receipt.Receipt {
+	t.Helper()
+	var out []receipt.Receipt
+	for len(out) < want {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		recs, err := e.receipts.Fetch(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("fetch receipts (have %d of %d): %v", len(out), want, err)
+		}
+		for _, r := range recs {
+			rc, err := receipt.Decode(r.Value)
+			if err != nil {
+				t.Fatalf("decode receipt %s: %v", r.Value, err)
+			}
+			if rc.MessageID == messageID {
+				out = append(out, rc)
+			}
+		}
+		if err := e.receipts.Commit(t.Context(), recs...); err != nil {
+			t.Fatalf("commit receipts: %v", err)
 		}
 	}
 	return out

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -66,7 +67,7 @@ func (g *grpcAPI) SendMessage(ctx context.Context, req *heraldv1.SendMessageRequ
 	if err != nil {
 		return nil, err
 	}
-	v, err := sendRequestFromProto(req).validate(g.svc.limits)
+	v, err := sendRequestFromProto(req).validate(g.svc.limits, g.svc.now())
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +75,9 @@ func (g *grpcAPI) SendMessage(ctx context.Context, req *heraldv1.SendMessageRequ
 	if err != nil {
 		return nil, err
 	}
-	return &heraldv1.SendMessageResponse{MessageId: res.MessageID, InvalidDeviceIds: res.InvalidDeviceIDs}, nil
+	return &heraldv1.SendMessageResponse{
+		MessageId: res.MessageID, State: res.State, InvalidDeviceIds: res.InvalidDeviceIDs, CappedDeviceIds: res.CappedDeviceIDs,
+	}, nil
 }
 
 func (g *grpcAPI) GetMessage(ctx context.Context, req *heraldv1.GetMessageRequest) (*heraldv1.GetMessageResponse, error) {
@@ -90,23 +93,50 @@ func (g *grpcAPI) GetMessage(ctx context.Context, req *heraldv1.GetMessageReques
 	return &heraldv1.GetMessageResponse{
 		MessageId: st.MessageID,
 		State:     st.State,
+		Audience:  st.Audience,
+		SendAt:    rfc3339(st.SendAt),
 		Counts: &heraldv1.Counts{
-			Targeted: c.Targeted, Delivered: c.Delivered, Pending: c.Pending,
-			Expired: c.Expired, Failed: c.Failed, Collapsed: c.Collapsed,
+			Targeted: c.Targeted, Delivered: c.Delivered, Pending: c.Pending, Expired: c.Expired,
+			Failed: c.Failed, Collapsed: c.Collapsed, Clicked: c.Clicked, Recalled: c.Recalled,
 		},
 	}, nil
+}
+
+func (g *grpcAPI) CancelMessage(ctx context.Context, req *heraldv1.CancelMessageRequest) (*heraldv1.CancelMessageResponse, error) {
+	app, err := g.authApp(ctx)
+	if err != nil {
+		return nil, err
+	}
+	state, err := g.svc.CancelMessage(ctx, app, req.GetMessageId())
+	if err != nil {
+		return nil, err
+	}
+	return &heraldv1.CancelMessageResponse{MessageId: req.GetMessageId(), State: state}, nil
 }
 
 // sendRequestFromProto is the service's view of a gRPC send.
 func sendRequestFromProto(req *heraldv1.SendMessageRequest) sendRequest {
 	r := sendRequest{Data: req.GetData()}
 	if a := req.GetAudience(); a != nil {
-		r.HasAudience = true
-		r.DeviceIDs = a.GetDeviceIds()
+		// proto3 cannot tell an empty field from an absent one: empty is absent.
+		r.Audience = &audienceRequest{All: a.GetAll(), Platform: a.GetPlatform()}
+		if len(a.GetDeviceIds()) > 0 {
+			r.Audience.DeviceIDs = a.GetDeviceIds()
+		}
+		if len(a.GetAliases()) > 0 {
+			r.Audience.Aliases = a.GetAliases()
+		}
+		if a.GetTags() != "" {
+			r.Audience.Tags = &a.Tags
+		}
+		if a.GetTopic() != "" {
+			r.Audience.Topic = &a.Topic
+		}
 	}
 	if n := req.GetNotification(); n != nil {
 		r.Notification = &notificationRequest{
-			Title: n.GetTitle(), Body: n.GetBody(), Badge: n.Badge, Sound: n.GetSound(), ClickAction: n.GetClickAction(),
+			Title: n.GetTitle(), Body: n.GetBody(), Badge: n.Badge, BadgeAdd: n.BadgeAdd, Sound: n.GetSound(),
+			ClickAction: n.GetClickAction(), Image: n.GetImage(), Channel: n.GetChannel(),
 		}
 	}
 	if o := req.GetOptions(); o != nil {
@@ -114,6 +144,8 @@ func sendRequestFromProto(req *heraldv1.SendMessageRequest) sendRequest {
 		r.Priority = o.GetPriority()
 		r.CollapseID = o.GetCollapseId()
 		r.IdempotencyKey = o.GetIdempotencyKey()
+		r.SendAt = o.GetSendAt()
+		r.SpreadOverSeconds = o.GetSpreadOverSeconds()
 	}
 	return r
 }
@@ -167,6 +199,9 @@ func unaryInterceptor(m *metrics, logger *slog.Logger) grpc.UnaryServerIntercept
 				c := classify(err)
 				if c.status >= 500 {
 					logger.ErrorContext(ctx, "request failed", "method", info.FullMethod, "code", c.code, "err", err)
+				}
+				if secs, ok := retryAfter(err); ok {
+					_ = grpc.SetHeader(ctx, metadata.Pairs("retry-after", strconv.Itoa(secs)))
 				}
 				err = status.Error(c.grpc, publicMessage(c, err))
 			}

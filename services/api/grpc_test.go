@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -148,4 +149,155 @@ func TestGRPCAdminDisabled(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("got %v, want PermissionDenied", err)
 	}
+}
+
+// TestGRPCSendAPI: the send API's gRPC calls share the service with REST:
+// same records, same states, same errors.
+func TestGRPCSendAPI(t *testing.T) {
+	e := newEnv(t)
+	c := grpcClient(t, e)
+	adminCtx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+testAdminToken)
+	created, err := c.CreateApp(adminCtx, &heraldv1.CreateAppRequest{Name: "shop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appID := created.GetAppId()
+	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte(created.GetAppKey()+":"+created.GetAppSecret()))
+	ctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", basic)
+	for _, d := range []string{"d1", "d2"} {
+		if _, err := c.RegisterDevice(ctx, &heraldv1.RegisterDeviceRequest{DeviceId: d, Platform: "android"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t.Run("devices", func(t *testing.T) {
+		up, err := c.UpdateTags(ctx, &heraldv1.UpdateTagsRequest{DeviceIds: []string{"d1", "d2", "ghost"}, Add: []string{"vip"}})
+		if err != nil || len(up.GetInvalidDeviceIds()) != 1 || up.GetInvalidDeviceIds()[0] != "ghost" {
+			t.Fatalf("UpdateTags: %v %v", up, err)
+		}
+		if _, err := c.UpdateTopics(ctx, &heraldv1.UpdateTopicsRequest{DeviceId: "d1", Subscribe: []string{"news", "f1"}, Unsubscribe: []string{"f1"}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.SetAlias(ctx, &heraldv1.SetAliasRequest{DeviceId: "d1", Alias: "alice"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.SetBadge(ctx, &heraldv1.SetBadgeRequest{DeviceId: "d1", Badge: 4}); err != nil {
+			t.Fatal(err)
+		}
+		d, err := c.GetDevice(ctx, &heraldv1.GetDeviceRequest{DeviceId: "d1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := &heraldv1.Device{DeviceId: "d1", Platform: "android", Alias: "alice", Tags: []string{"vip"}, Topics: []string{"news"}, Badge: 4}
+		if !proto.Equal(d, want) {
+			t.Fatalf("GetDevice %v, want %v", d, want)
+		}
+		if _, err := c.GetDevice(ctx, &heraldv1.GetDeviceRequest{DeviceId: "ghost"}); status.Code(err) != codes.NotFound {
+			t.Errorf("GetDevice ghost: %v", err)
+		}
+	})
+
+	t.Run("group send", func(t *testing.T) {
+		sent, err := c.SendMessage(ctx, &heraldv1.SendMessageRequest{
+			Audience:     &heraldv1.Audience{Tags: "vip && !churned", Platform: "android"},
+			Notification: &heraldv1.Notification{Title: "t", BadgeAdd: proto.Int32(1), Image: "https://x/i.png"},
+			Options:      &heraldv1.Options{SpreadOverSeconds: 30},
+		})
+		if err != nil || sent.GetState() != "accepted" {
+			t.Fatalf("SendMessage: %v %v", sent, err)
+		}
+		recs := e.appended(t)
+		if len(recs) != 1 || string(recs[0].Key) != appID {
+			t.Fatalf("records %v", recs)
+		}
+		env := decodeEnvelope(t, recs[0])
+		if env.GetAudience().GetTagExpr() != "vip && !churned" || env.GetBadgeAdd() != 1 || env.GetSpreadOverMs() != 30000 ||
+			env.GetPush().GetNotification().GetImage() != "https://x/i.png" {
+			t.Errorf("envelope %v", env)
+		}
+		got, err := c.GetMessage(ctx, &heraldv1.GetMessageRequest{MessageId: sent.GetMessageId()})
+		if err != nil || got.GetState() != "sending" || got.GetAudience() != "tags" {
+			t.Errorf("GetMessage %v %v", got, err)
+		}
+	})
+
+	t.Run("schedule and cancel", func(t *testing.T) {
+		at := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+		sent, err := c.SendMessage(ctx, &heraldv1.SendMessageRequest{
+			Audience: &heraldv1.Audience{Aliases: []string{"alice"}}, Data: map[string]string{"k": "v"},
+			Options: &heraldv1.Options{SendAt: at.Format(time.RFC3339)},
+		})
+		if err != nil || sent.GetState() != "scheduled" {
+			t.Fatalf("SendMessage: %v %v", sent, err)
+		}
+		got, err := c.GetMessage(ctx, &heraldv1.GetMessageRequest{MessageId: sent.GetMessageId()})
+		if err != nil || got.GetState() != "scheduled" || got.GetSendAt() != at.Format(time.RFC3339) || got.GetAudience() != "aliases" {
+			t.Errorf("GetMessage %v %v", got, err)
+		}
+		cancelled, err := c.CancelMessage(ctx, &heraldv1.CancelMessageRequest{MessageId: sent.GetMessageId()})
+		if err != nil || cancelled.GetState() != "cancelled" {
+			t.Fatalf("CancelMessage: %v %v", cancelled, err)
+		}
+		_, err = c.CancelMessage(ctx, &heraldv1.CancelMessageRequest{MessageId: sent.GetMessageId()})
+		if status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("second CancelMessage: %v, want FailedPrecondition", err)
+		}
+	})
+
+	t.Run("stats and settings", func(t *testing.T) {
+		st, err := c.GetStats(ctx, &heraldv1.GetStatsRequest{From: "2026-03-01T00:00:00Z", To: "2026-03-03T00:00:00Z", Granularity: "day"})
+		if err != nil || len(st.GetBuckets()) != 2 || st.GetTotal().GetStart() != "2026-03-01T00:00:00Z" {
+			t.Errorf("GetStats %v %v", st, err)
+		}
+		s, err := c.UpdateSettings(ctx, &heraldv1.UpdateSettingsRequest{WebhookUrl: proto.String("https://h.example.com/")})
+		if err != nil || s.GetWebhookUrl() != "https://h.example.com/" || s.GetAppId() != appID {
+			t.Errorf("UpdateSettings %v %v", s, err)
+		}
+		if _, err := c.UpdateApp(ctx, &heraldv1.UpdateAppRequest{AppId: appID, RateLimitPerSecond: proto.Int32(1)}); status.Code(err) != codes.Unauthenticated {
+			t.Errorf("UpdateApp with app credentials: %v", err)
+		}
+		s, err = c.UpdateApp(adminCtx, &heraldv1.UpdateAppRequest{AppId: appID, RateLimitPerSecond: proto.Int32(1)})
+		if err != nil || s.GetRateLimitPerSecond() != 1 || s.GetWebhookUrl() != "https://h.example.com/" {
+			t.Errorf("UpdateApp %v %v", s, err)
+		}
+	})
+
+	errTests := []struct {
+		name     string
+		req      *heraldv1.SendMessageRequest
+		wantCode codes.Code
+		wantMsg  string
+	}{
+		{"bad tag expression", &heraldv1.SendMessageRequest{Audience: &heraldv1.Audience{Tags: "vip &&"}, Data: map[string]string{"k": "v"}}, codes.InvalidArgument, "at byte 6"},
+		{"unknown topic", &heraldv1.SendMessageRequest{Audience: &heraldv1.Audience{Topic: "sports"}, Data: map[string]string{"k": "v"}}, codes.NotFound, "topic not found"},
+		{"empty audience", &heraldv1.SendMessageRequest{Audience: &heraldv1.Audience{}, Data: map[string]string{"k": "v"}}, codes.InvalidArgument, "needs one of"},
+		{"badge and increment", &heraldv1.SendMessageRequest{Audience: &heraldv1.Audience{All: true}, Notification: &heraldv1.Notification{Title: "t", Badge: proto.Int32(1), BadgeAdd: proto.Int32(1)}}, codes.InvalidArgument, "exclusive"},
+		{"send_at in the past", &heraldv1.SendMessageRequest{Audience: &heraldv1.Audience{All: true}, Data: map[string]string{"k": "v"}, Options: &heraldv1.Options{SendAt: "2020-01-01T00:00:00Z"}}, codes.InvalidArgument, "not in the future"},
+	}
+	for _, tt := range errTests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := c.SendMessage(ctx, tt.req)
+			if st := status.Convert(err); st.Code() != tt.wantCode || !strings.Contains(st.Message(), tt.wantMsg) {
+				t.Fatalf("got %v %q, want %v containing %q", st.Code(), st.Message(), tt.wantCode, tt.wantMsg)
+			}
+		})
+	}
+
+	t.Run("rate limited", func(t *testing.T) {
+		req := &heraldv1.SendMessageRequest{Audience: &heraldv1.Audience{DeviceIds: []string{"d1"}}, Data: map[string]string{"k": "v"}}
+		var header metadata.MD
+		var err error
+		for range 5 {
+			if _, err = c.SendMessage(ctx, req, grpc.Header(&header)); err != nil {
+				break
+			}
+		}
+		if status.Code(err) != codes.ResourceExhausted {
+			t.Fatalf("5 sends at 1/s: %v, want ResourceExhausted", err)
+		}
+		if v := header.Get("retry-after"); len(v) != 1 || v[0] < "1" {
+			t.Errorf("retry-after header %v", v)
+		}
+		e.appended(t)
+	})
 }

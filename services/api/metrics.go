@@ -27,7 +27,7 @@ func newMetrics(m metric.Meter) (*metrics, error) {
 		return nil, err
 	}
 	accepted, err := m.Int64Counter("herald_messages_accepted_total",
-		metric.WithDescription("Messages accepted: durable in the push log."),
+		metric.WithDescription("Messages accepted: durable in the push log (or, for send_at, in the schedule)."),
 		metric.WithUnit("{message}"))
 	if err != nil {
 		return nil, err

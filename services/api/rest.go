@@ -35,9 +35,21 @@ func newREST(svc *service, cfg Config, m *metrics, logger *slog.Logger) *rest {
 	h := &rest{svc: svc, mux: http.NewServeMux(), maxBody: int64(cfg.MaxBodyBytes), metrics: m, logger: logger}
 	h.mux.HandleFunc("POST /v1/apps", h.createApp)
 	h.mux.HandleFunc("POST /v1/devices", h.registerDevice)
+	h.mux.HandleFunc("GET /v1/devices/{device_id}", h.getDevice)
 	h.mux.HandleFunc("DELETE /v1/devices/{device_id}", h.deleteDevice)
+	h.mux.HandleFunc("PUT /v1/devices/{device_id}/alias", h.setAlias)
+	h.mux.HandleFunc("PUT /v1/devices/{device_id}/tags/{tag}", h.addTag)
+	h.mux.HandleFunc("DELETE /v1/devices/{device_id}/tags/{tag}", h.removeTag)
+	h.mux.HandleFunc("PUT /v1/devices/{device_id}/topics/{topic}", h.subscribe)
+	h.mux.HandleFunc("DELETE /v1/devices/{device_id}/topics/{topic}", h.unsubscribe)
+	h.mux.HandleFunc("PUT /v1/devices/{device_id}/badge", h.setBadge)
+	h.mux.HandleFunc("POST /v1/tags", h.updateTags)
 	h.mux.HandleFunc("POST /v1/messages", h.send)
 	h.mux.HandleFunc("GET /v1/messages/{message_id}", h.getMessage)
+	h.mux.HandleFunc("DELETE /v1/messages/{message_id}", h.cancelMessage)
+	h.mux.HandleFunc("GET /v1/stats", h.getStats)
+	h.mux.HandleFunc("PATCH /v1/app", h.updateSettings)
+	h.mux.HandleFunc("PATCH /v1/apps/{app_id}", h.updateApp)
 	h.mux.HandleFunc("GET /v1/endpoints", h.getEndpoints)
 	if cfg.Mount != nil {
 		cfg.Mount(h.mux)
@@ -56,9 +68,10 @@ type (
 		AppSecret string `json:"app_secret"`
 	}
 	registerDeviceBody struct {
-		DeviceID string `json:"device_id"`
-		Platform string `json:"platform"`
-		Alias    string `json:"alias"`
+		DeviceID string   `json:"device_id"`
+		Platform string   `json:"platform"`
+		Alias    string   `json:"alias"`
+		Tags     []string `json:"tags"`
 	}
 	registerDeviceAnswer struct {
 		DeviceID    string `json:"device_id"`
@@ -66,20 +79,30 @@ type (
 	}
 	sendAnswer struct {
 		MessageID        string   `json:"message_id"`
+		State            string   `json:"state"`
 		InvalidDeviceIDs []string `json:"invalid_device_ids,omitempty"`
+		CappedDeviceIDs  []string `json:"capped_device_ids,omitempty"`
 	}
 	countsAnswer struct {
 		Targeted  int64 `json:"targeted"`
 		Delivered int64 `json:"delivered"`
+		Clicked   int64 `json:"clicked"`
 		Pending   int64 `json:"pending"`
 		Expired   int64 `json:"expired"`
 		Failed    int64 `json:"failed"`
 		Collapsed int64 `json:"collapsed"`
+		Recalled  int64 `json:"recalled"`
 	}
 	messageAnswer struct {
 		MessageID string       `json:"message_id"`
 		State     string       `json:"state"`
+		Audience  string       `json:"audience"`
+		SendAt    string       `json:"send_at,omitempty"`
 		Counts    countsAnswer `json:"counts"`
+	}
+	cancelAnswer struct {
+		MessageID string `json:"message_id"`
+		State     string `json:"state"`
 	}
 	errorAnswer struct {
 		Error errorDetail `json:"error"`
@@ -188,7 +211,7 @@ func (h *rest) send(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	v, err := decodeSendRequest(body, h.svc.limits)
+	v, err := decodeSendRequest(body, h.svc.limits, h.svc.now())
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -201,6 +224,20 @@ func (h *rest) send(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, sendAnswer(res))
 }
 
+func (h *rest) cancelMessage(w http.ResponseWriter, r *http.Request) {
+	app, ok := h.authApp(w, r)
+	if !ok {
+		return
+	}
+	id := r.PathValue("message_id")
+	state, err := h.svc.CancelMessage(r.Context(), app, id)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, cancelAnswer{MessageID: id, State: state})
+}
+
 func (h *rest) getMessage(w http.ResponseWriter, r *http.Request) {
 	app, ok := h.authApp(w, r)
 	if !ok {
@@ -211,7 +248,17 @@ func (h *rest) getMessage(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, messageAnswer{MessageID: st.MessageID, State: st.State, Counts: countsAnswer(st.Counts)})
+	c := st.Counts
+	writeJSON(w, http.StatusOK, messageAnswer{
+		MessageID: st.MessageID,
+		State:     st.State,
+		Audience:  st.Audience,
+		SendAt:    rfc3339(st.SendAt),
+		Counts: countsAnswer{
+			Targeted: c.Targeted, Delivered: c.Delivered, Clicked: c.Clicked, Pending: c.Pending,
+			Expired: c.Expired, Failed: c.Failed, Collapsed: c.Collapsed, Recalled: c.Recalled,
+		},
+	})
 }
 
 // authApp authenticates the app from HTTP Basic credentials, or answers 401.
@@ -254,6 +301,9 @@ func (h *rest) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if c.status == http.StatusUnauthorized && w.Header().Get("WWW-Authenticate") == "" {
 		w.Header().Set("WWW-Authenticate", challengeBasic)
+	}
+	if secs, ok := retryAfter(err); ok {
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
 	}
 	writeErrorCode(w, c.status, c.code, publicMessage(c, err))
 }

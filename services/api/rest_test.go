@@ -118,7 +118,7 @@ func TestRegisterDevice(t *testing.T) {
 		{name: "id with a slash", auth: app.auth, body: `{"device_id":"a/b","platform":"ios"}`, wantStatus: 400, wantCode: "invalid_argument"},
 		{name: "id too long", auth: app.auth, body: `{"device_id":"` + strings.Repeat("d", 129) + `","platform":"ios"}`, wantStatus: 400, wantCode: "invalid_argument"},
 		{name: "alias too long", auth: app.auth, body: `{"platform":"ios","alias":"` + strings.Repeat("a", 129) + `"}`, wantStatus: 400, wantCode: "invalid_argument"},
-		{name: "unknown field", auth: app.auth, body: `{"platform":"ios","tags":["x"]}`, wantStatus: 400, wantCode: "invalid_argument"},
+		{name: "unknown field", auth: app.auth, body: `{"platform":"ios","colour":"x"}`, wantStatus: 400, wantCode: "invalid_argument"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -607,7 +607,7 @@ func TestGetMessage(t *testing.T) {
 		mustStatus(t, a, 200)
 		var m messageAnswer
 		a.decode(t, &m)
-		want := messageAnswer{MessageID: sent.MessageID, State: "sending", Counts: countsAnswer{Targeted: 3, Pending: 2, Failed: 1}}
+		want := messageAnswer{MessageID: sent.MessageID, State: "sending", Audience: "devices", Counts: countsAnswer{Targeted: 3, Pending: 2, Failed: 1}}
 		if m != want {
 			t.Fatalf("got %+v, want %+v", m, want)
 		}
@@ -623,7 +623,7 @@ func TestGetMessage(t *testing.T) {
 		mustStatus(t, a, 200)
 		var m messageAnswer
 		a.decode(t, &m)
-		want := messageAnswer{MessageID: sent.MessageID, State: "done", Counts: countsAnswer{Targeted: 3, Delivered: 2, Failed: 1}}
+		want := messageAnswer{MessageID: sent.MessageID, State: "done", Audience: "devices", Counts: countsAnswer{Targeted: 3, Delivered: 2, Failed: 1}}
 		if m != want {
 			t.Fatalf("got %+v, want %+v", m, want)
 		}
@@ -662,7 +662,7 @@ func TestRouting(t *testing.T) {
 		wantAllow    string
 	}{
 		{method: "GET", path: "/v1/apps", wantStatus: 405, wantCode: "method_not_allowed", wantAllow: "POST"},
-		{method: "PUT", path: "/v1/messages/abc", wantStatus: 405, wantCode: "method_not_allowed", wantAllow: "GET, HEAD"},
+		{method: "PUT", path: "/v1/messages/abc", wantStatus: 405, wantCode: "method_not_allowed", wantAllow: "GET, HEAD, DELETE"},
 		{method: "GET", path: "/v1/nothing", wantStatus: 404, wantCode: "not_found"},
 		{method: "GET", path: "/", wantStatus: 404, wantCode: "not_found"},
 		{method: "GET", path: "/healthz", wantStatus: 200},

@@ -12,13 +12,9 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/heraldpush/herald"
-	"github.com/heraldpush/herald/api/devicev1"
-	"github.com/heraldpush/herald/pkg/envelope/internalv1"
 	"github.com/heraldpush/herald/pkg/pushlog"
-	"github.com/heraldpush/herald/pkg/route"
+	"github.com/heraldpush/herald/pkg/receipt"
 	"github.com/heraldpush/herald/pkg/store"
 )
 
@@ -41,9 +37,11 @@ type service struct {
 	kicker Kicker
 	// endpoints answers GET /v1/endpoints; nil when the role has none.
 	endpoints Endpoints
-	nextID    func() string // time-ordered message ids (an ids.Generator)
+	receipts  *receipt.Emitter // nil = no receipts
+	nextID    func() string    // time-ordered message ids (an ids.Generator)
 	now       func() time.Time
 	limits    sendLimits
+	rates     *rateLimiter
 	admin     []byte // SHA-256 of the admin token; nil when admin calls are off
 	apps      appCache
 	logger    *slog.Logger
@@ -61,19 +59,7 @@ type deviceRegistration struct {
 	DeviceID string // "" = choose a new one
 	Platform string
 	Alias    string
-}
-
-// sendResult is the answer to an accepted send.
-type sendResult struct {
-	MessageID        string
-	InvalidDeviceIDs []string
-}
-
-// messageStatus is what GET /v1/messages/{id} returns.
-type messageStatus struct {
-	MessageID string
-	State     string // sending | done
-	Counts    store.Counts
+	Tags     []string // nil = keep the device's tags (none for a new device)
 }
 
 // authorizeAdmin checks an admin bearer token.
@@ -152,21 +138,30 @@ func (s *service) RegisterDevice(ctx context.Context, app store.App, r deviceReg
 	if !platforms[r.Platform] {
 		return "", "", invalid("platform must be one of android, ios, web, other")
 	}
-	if len(r.Alias) > maxAliasLen {
-		return "", "", invalid("alias is longer than %d bytes", maxAliasLen)
+	if err := validAlias(r.Alias); err != nil {
+		return "", "", err
 	}
-	if !printable(r.Alias) {
-		return "", "", invalid("alias must be printable UTF-8")
+	var tags []string
+	if r.Tags != nil {
+		if tags, err = validNames("tags", r.Tags, maxTagsPerDevice); err != nil {
+			return "", "", err
+		}
 	}
 	now := s.now().UTC()
-	d := store.Device{AppID: app.ID, ID: r.DeviceID, Platform: r.Platform, Alias: r.Alias, CreatedAt: now, UpdatedAt: now}
+	d := store.Device{AppID: app.ID, ID: r.DeviceID, Platform: r.Platform, Alias: r.Alias, Tags: tags, CreatedAt: now, UpdatedAt: now}
+	existed := false
 	if d.ID == "" {
 		d.ID = randomString(24, lowerAlnum)
 	} else {
 		old, err := s.store.Device(ctx, app.ID, d.ID)
 		switch {
 		case err == nil:
+			existed = true
 			d.CreatedAt = old.CreatedAt
+			d.Topics = old.Topics
+			if r.Tags == nil {
+				d.Tags = old.Tags
+			}
 		case !errors.Is(err, herald.ErrDeviceNotFound):
 			return "", "", fmt.Errorf("look up device: %w", err)
 		}
@@ -175,6 +170,9 @@ func (s *service) RegisterDevice(ctx context.Context, app store.App, r deviceReg
 	d.TokenHash = TokenHash(token)
 	if err := s.store.PutDevice(ctx, d); err != nil {
 		return "", "", fmt.Errorf("store device: %w", err)
+	}
+	if existed {
+		s.refresh(ctx, app.ID, d.ID)
 	}
 	return d.ID, token, nil
 }
@@ -206,155 +204,6 @@ func (s *service) DeleteDevice(ctx context.Context, app store.App, deviceID stri
 		}
 	}
 	return nil
-}
-
-// Send accepts a validated message: it answers only once the message is in
-// the push log, and leaves nothing behind that would send it when it fails.
-func (s *service) Send(ctx context.Context, app store.App, v validSend) (sendResult, error) {
-	id := s.nextID()
-	now := s.now()
-
-	if v.IdempotencyKey != "" {
-		existing, err := s.store.Claim(ctx, app.ID, v.IdempotencyKey, id, idempotencyTTL)
-		if err != nil {
-			return sendResult{}, fmt.Errorf("claim idempotency key: %w", err)
-		}
-		if existing != "" {
-			return sendResult{MessageID: existing}, nil
-		}
-	}
-	// From here on, a failure must release the claim so a retry sends. The
-	// cleanup runs even when the caller has gone away.
-	cleanup := context.WithoutCancel(ctx)
-	release := func() {
-		if v.IdempotencyKey == "" {
-			return
-		}
-		if err := s.store.Release(cleanup, app.ID, v.IdempotencyKey, id); err != nil {
-			s.logger.ErrorContext(ctx, "release idempotency key", "app_id", app.ID, "message_id", id, "err", err)
-		}
-	}
-
-	exist, err := s.store.DevicesExist(ctx, app.ID, v.DeviceIDs)
-	if err != nil {
-		release()
-		return sendResult{}, fmt.Errorf("look up targets: %w", err)
-	}
-	var valid, invalidIDs []string
-	for _, d := range v.DeviceIDs {
-		if exist[d] {
-			valid = append(valid, d)
-		} else {
-			invalidIDs = append(invalidIDs, d)
-		}
-	}
-	if len(valid) == 0 {
-		release()
-		return sendResult{}, fmt.Errorf("%w: none of the targets is a registered device of the app", herald.ErrDeviceNotFound)
-	}
-
-	msg := store.Message{ID: id, AppID: app.ID, Targets: v.DeviceIDs, CreatedAt: now.UTC()}
-	var expiresAtMS int64
-	if v.TTL > 0 {
-		msg.ExpiresAt = now.Add(v.TTL).UTC()
-		expiresAtMS = msg.ExpiresAt.UnixMilli()
-	}
-	if err := s.store.CreateMessage(ctx, msg); err != nil {
-		release()
-		return sendResult{}, fmt.Errorf("create message status: %w", err)
-	}
-	if err := s.store.Mark(ctx, transitions(id, invalidIDs, store.StateFailed)...); err != nil {
-		s.fail(cleanup, app, id, valid)
-		release()
-		return sendResult{}, fmt.Errorf("mark invalid targets: %w", err)
-	}
-
-	kind := devicev1.Kind_KIND_DATA
-	if v.Notification != nil {
-		kind = devicev1.Kind_KIND_NOTIFICATION
-	}
-	recs := make([]pushlog.Record, 0, len(valid))
-	for _, d := range valid {
-		env := &internalv1.Envelope{
-			AppId:    app.ID,
-			DeviceId: d,
-			Push: &devicev1.Push{
-				MessageId:    id,
-				Kind:         kind,
-				Notification: v.Notification,
-				Data:         v.Data,
-				SentAtMs:     now.UnixMilli(),
-				CollapseId:   v.CollapseID,
-			},
-			ExpiresAtMs: expiresAtMS,
-			OnlineOnly:  v.TTL == 0,
-			Priority:    v.Priority,
-		}
-		b, err := proto.Marshal(env)
-		if err != nil {
-			s.fail(cleanup, app, id, valid)
-			release()
-			return sendResult{}, fmt.Errorf("encode envelope: %w", err)
-		}
-		recs = append(recs, pushlog.Record{Key: []byte(route.Key(app.ID, d)), Value: b})
-	}
-	// The append is not cut short when the caller goes away: an append
-	// abandoned halfway could still become durable after we had reported
-	// the message as failed and released its idempotency key.
-	if err := s.log.Append(cleanup, pushlog.TopicPush, recs...); err != nil {
-		s.fail(cleanup, app, id, valid)
-		release()
-		s.logger.ErrorContext(ctx, "append to push log", "app_id", app.ID, "message_id", id, "err", err)
-		if errors.Is(err, herald.ErrUnavailable) {
-			return sendResult{}, fmt.Errorf("append to push log: %w", err)
-		}
-		return sendResult{}, fmt.Errorf("%w: append to push log: %w", herald.ErrUnavailable, err)
-	}
-	if s.accepted != nil {
-		s.accepted(ctx)
-	}
-	return sendResult{MessageID: id, InvalidDeviceIDs: invalidIDs}, nil
-}
-
-// fail marks the targets of a message that will not be sent as failed.
-func (s *service) fail(ctx context.Context, app store.App, id string, targets []string) {
-	if err := s.store.Mark(ctx, transitions(id, targets, store.StateFailed)...); err != nil {
-		s.logger.ErrorContext(ctx, "mark unsent targets failed", "app_id", app.ID, "message_id", id, "err", err)
-	}
-}
-
-func transitions(messageID string, devices []string, st store.DeliveryState) []store.Transition {
-	ts := make([]store.Transition, len(devices))
-	for i, d := range devices {
-		ts[i] = store.Transition{MessageID: messageID, DeviceID: d, State: st}
-	}
-	return ts
-}
-
-// MessageStatus returns the delivery status of one of the app's messages.
-func (s *service) MessageStatus(ctx context.Context, app store.App, messageID string) (messageStatus, error) {
-	if messageID == "" {
-		return messageStatus{}, invalid("message_id is required")
-	}
-	notFound := fmt.Errorf("%w: %q", herald.ErrMessageNotFound, messageID)
-	if len(messageID) > maxMessageID {
-		return messageStatus{}, notFound
-	}
-	m, c, err := s.store.MessageStatus(ctx, messageID)
-	if errors.Is(err, herald.ErrMessageNotFound) {
-		return messageStatus{}, notFound
-	}
-	if err != nil {
-		return messageStatus{}, fmt.Errorf("read message status: %w", err)
-	}
-	if m.AppID != app.ID {
-		return messageStatus{}, notFound
-	}
-	st := messageStatus{MessageID: m.ID, State: "done", Counts: c}
-	if c.Pending > 0 {
-		st.State = "sending"
-	}
-	return st, nil
 }
 
 const (
