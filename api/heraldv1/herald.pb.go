@@ -136,8 +136,10 @@ type RegisterDeviceRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	// android | ios | web | other
-	Platform      string `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
-	Alias         string `protobuf:"bytes,3,opt,name=alias,proto3" json:"alias,omitempty"`
+	Platform string `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
+	Alias    string `protobuf:"bytes,3,opt,name=alias,proto3" json:"alias,omitempty"`
+	// Tags to set; absent (empty) keeps a re-registered device's tags.
+	Tags          []string `protobuf:"bytes,4,rep,name=tags,proto3" json:"tags,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -191,6 +193,13 @@ func (x *RegisterDeviceRequest) GetAlias() string {
 		return x.Alias
 	}
 	return ""
+}
+
+func (x *RegisterDeviceRequest) GetTags() []string {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
 }
 
 type RegisterDeviceResponse struct {
@@ -1852,11 +1861,12 @@ const file_herald_v1_herald_proto_rawDesc = "" +
 	"\x06app_id\x18\x01 \x01(\tR\x05appId\x12\x17\n" +
 	"\aapp_key\x18\x02 \x01(\tR\x06appKey\x12\x1d\n" +
 	"\n" +
-	"app_secret\x18\x03 \x01(\tR\tappSecret\"f\n" +
+	"app_secret\x18\x03 \x01(\tR\tappSecret\"z\n" +
 	"\x15RegisterDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1a\n" +
 	"\bplatform\x18\x02 \x01(\tR\bplatform\x12\x14\n" +
-	"\x05alias\x18\x03 \x01(\tR\x05alias\"X\n" +
+	"\x05alias\x18\x03 \x01(\tR\x05alias\x12\x12\n" +
+	"\x04tags\x18\x04 \x03(\tR\x04tags\"X\n" +
 	"\x16RegisterDeviceResponse\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12!\n" +
 	"\fdevice_token\x18\x02 \x01(\tR\vdeviceToken\"2\n" +

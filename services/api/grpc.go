@@ -44,6 +44,7 @@ func (g *grpcAPI) RegisterDevice(ctx context.Context, req *heraldv1.RegisterDevi
 	}
 	id, token, err := g.svc.RegisterDevice(ctx, app, deviceRegistration{
 		DeviceID: req.GetDeviceId(), Platform: req.GetPlatform(), Alias: req.GetAlias(),
+		Tags: grpcTags(req.GetTags()),
 	})
 	if err != nil {
 		return nil, err
@@ -208,4 +209,13 @@ func unaryInterceptor(m *metrics, logger *slog.Logger) grpc.UnaryServerIntercept
 		}
 		return resp, err
 	}
+}
+
+// grpcTags maps the repeated field (which cannot tell absent from empty)
+// onto a registration: no tags listed keeps a re-registered device's tags.
+func grpcTags(tags []string) []string {
+	if len(tags) == 0 {
+		return nil
+	}
+	return tags
 }

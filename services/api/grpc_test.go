@@ -169,6 +169,24 @@ func TestGRPCSendAPI(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	t.Run("register with tags, re-register keeps them", func(t *testing.T) {
+		if _, err := c.RegisterDevice(ctx, &heraldv1.RegisterDeviceRequest{DeviceId: "d3", Platform: "ios", Tags: []string{"vip", "cn"}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.RegisterDevice(ctx, &heraldv1.RegisterDeviceRequest{DeviceId: "d3", Platform: "ios"}); err != nil {
+			t.Fatal(err)
+		}
+		d, err := c.GetDevice(ctx, &heraldv1.GetDeviceRequest{DeviceId: "d3"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := d.GetTags(); len(got) != 2 || got[0] != "cn" || got[1] != "vip" {
+			t.Fatalf("tags after registering with [vip cn] and re-registering without tags = %v, want [cn vip]", got)
+		}
+		if _, err := c.RegisterDevice(ctx, &heraldv1.RegisterDeviceRequest{DeviceId: "d4", Platform: "ios", Tags: []string{"bad tag"}}); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("registering with an invalid tag: %v, want InvalidArgument", err)
+		}
+	})
 
 	t.Run("devices", func(t *testing.T) {
 		up, err := c.UpdateTags(ctx, &heraldv1.UpdateTagsRequest{DeviceIds: []string{"d1", "d2", "ghost"}, Add: []string{"vip"}})
