@@ -273,10 +273,15 @@ type device struct {
 	// hold, if set, blocks the app's message handler (and so the acks)
 	// until it is closed: a slow app, messages in flight.
 	hold chan struct{}
+	// conf, if set, adjusts the SDK config before the client is made.
+	conf func(*herald.Config)
+	// client is the SDK client of the last connect.
+	client *herald.Client
 
-	mu   sync.Mutex
-	got  []herald.Message
-	seen map[string]int
+	mu    sync.Mutex
+	got   []herald.Message
+	gotAt []time.Time // when each of got reached the app
+	seen  map[string]int
 
 	cancel context.CancelFunc
 	done   chan error
@@ -297,15 +302,17 @@ func (d *device) connect(t testing.TB) {
 // connectE is connect for other goroutines.
 func (d *device) connectE() error {
 	connected := make(chan struct{}, 1)
-	c, err := herald.New(herald.Config{
+	cfg := herald.Config{
 		Addrs: d.gw, EndpointsURL: d.endpoints, AppKey: d.app.Key, DeviceID: d.id, Token: d.token,
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
 		OnMessage: func(m herald.Message) {
 			if d.hold != nil {
 				<-d.hold
 			}
+			at := time.Now()
 			d.mu.Lock()
 			d.got = append(d.got, m)
+			d.gotAt = append(d.gotAt, at)
 			d.seen[m.ID]++
 			d.mu.Unlock()
 		},
@@ -317,10 +324,15 @@ func (d *device) connectE() error {
 				}
 			}
 		},
-	})
+	}
+	if d.conf != nil {
+		d.conf(&cfg)
+	}
+	c, err := herald.New(cfg)
 	if err != nil {
 		return fmt.Errorf("sdk: %w", err)
 	}
+	d.client = c
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
 	d.done = make(chan error, 1)
