@@ -711,23 +711,16 @@ func (s *session) pushReplayed(buf []byte, sent []replayed) bool {
 		}
 	}
 	g.m.replayed.Add(context.Background(), int64(len(sent)))
-	timer := time.NewTimer(g.cfg.AckTimeout)
-	defer timer.Stop()
-	select {
-	case <-w.done:
-		return true
-	case <-timer.C:
-	case <-s.closedCh:
-	}
-	w.finish()
-	s.mu.Lock()
-	for _, p := range sent {
-		if ref, ok := s.inflight[p.id]; ok && ref.w == w {
-			delete(s.inflight, p.id)
+	switch s.awaitPage(w, func(yield func(string)) {
+		for _, p := range sent {
+			yield(p.id)
 		}
+	}) {
+	case pageAcked:
+		return true
+	case pageTimedOut:
+		g.log.Debug("device stopped acking its replay", "device", s.key)
 	}
-	s.mu.Unlock()
-	g.log.Debug("device stopped acking its replay", "device", s.key)
 	return false
 }
 

@@ -615,24 +615,16 @@ func (s *session) drainLoop() {
 			return
 		}
 		g.m.drained.Add(context.Background(), int64(len(entries)))
-		timer := time.NewTimer(g.cfg.AckTimeout)
-		select {
-		case <-w.done:
-			timer.Stop()
-		case <-timer.C:
-			w.finish()
-			s.mu.Lock()
+		switch s.awaitPage(w, func(yield func(string)) {
 			for _, e := range entries {
-				if ref, ok := s.inflight[e.MessageID]; ok && ref.w == w {
-					delete(s.inflight, e.MessageID)
-				}
+				yield(e.MessageID)
 			}
-			s.mu.Unlock()
+		}) {
+		case pageTimedOut:
 			g.log.Debug("device stopped acking its inbox", "device", s.key)
 			s.retryDrain()
 			return
-		case <-s.closedCh:
-			timer.Stop()
+		case pageClosed:
 			return
 		}
 		out := w.finish()
@@ -642,6 +634,39 @@ func (s *session) drainLoop() {
 			}
 		}
 	}
+}
+
+type pageOutcome uint8
+
+const (
+	pageAcked pageOutcome = iota
+	pageTimedOut
+	pageClosed
+)
+
+// awaitPage waits for the device to ack a page of pushes registered in
+// s.inflight with waiter w (ids lists them). When the ack timeout passes
+// first, the page's in-flight records are dropped so a silent device does
+// not hold its window; a late ack is still recorded.
+func (s *session) awaitPage(w *waiter, ids func(yield func(string))) pageOutcome {
+	timer := time.NewTimer(s.g.cfg.AckTimeout)
+	defer timer.Stop()
+	select {
+	case <-w.done:
+		return pageAcked
+	case <-s.closedCh:
+		return pageClosed
+	case <-timer.C:
+	}
+	w.finish()
+	s.mu.Lock()
+	ids(func(id string) {
+		if ref, ok := s.inflight[id]; ok && ref.w == w {
+			delete(s.inflight, id)
+		}
+	})
+	s.mu.Unlock()
+	return pageTimedOut
 }
 
 // write sends b in one write, under the session's write lock. On an event
