@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -243,6 +244,7 @@ func (s *Server) Run(ctx context.Context) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
 	}
+	fresh := trackFresh(hs)
 	gs := grpc.NewServer(
 		grpc.MaxRecvMsgSize(s.cfg.MaxBodyBytes),
 		grpc.ChainUnaryInterceptor(unaryInterceptor(s.metrics, s.logger)),
@@ -278,6 +280,9 @@ func (s *Server) Run(ctx context.Context) error {
 
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()
+	// net/http's Shutdown waits up to 5 s for connections that never sent
+	// a request (clients open spares); close those at once instead.
+	fresh.closeAll()
 	if err := hs.Shutdown(sctx); err != nil {
 		s.logger.WarnContext(ctx, "http shutdown deadline passed, closing connections", "err", err)
 		_ = hs.Close()
@@ -299,4 +304,41 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.logger.InfoContext(ctx, "api stopped")
 	return runErr
+}
+
+// freshConns tracks a server's connections that have not sent a request yet.
+type freshConns struct {
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	shutdown bool
+}
+
+// trackFresh hooks hs's ConnState to track its fresh connections.
+func trackFresh(hs *http.Server) *freshConns {
+	f := &freshConns{conns: make(map[net.Conn]struct{})}
+	hs.ConnState = func(c net.Conn, st http.ConnState) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		switch {
+		case st == http.StateNew && f.shutdown:
+			_ = c.Close()
+		case st == http.StateNew:
+			f.conns[c] = struct{}{}
+		default:
+			delete(f.conns, c)
+		}
+	}
+	return f
+}
+
+// closeAll closes every connection that has not sent a request, and any
+// that arrives from now on.
+func (f *freshConns) closeAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.shutdown = true
+	for c := range f.conns {
+		_ = c.Close()
+		delete(f.conns, c)
+	}
 }

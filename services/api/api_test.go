@@ -83,6 +83,37 @@ func TestRunLifecycle(t *testing.T) {
 		}
 	})
 
+	t.Run("a connection that never sent a request does not hold up the stop", func(t *testing.T) {
+		srv, err := New(Config{HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0"}, Deps{Store: e.store, Log: e.log}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- srv.Run(ctx) }()
+		<-srv.Ready()
+		spare, err := net.Dial("tcp", srv.HTTPAddr()) // like a client's spare connection
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer spare.Close()
+		time.Sleep(50 * time.Millisecond) // let the server see it
+		cancel()
+		// net/http alone waits 5 s for such a connection before closing it.
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("Run returned %v, want nil", err)
+			}
+		case <-time.After(4 * time.Second):
+			t.Fatal("Run still stopping after 4 s: it waited for a connection that never sent a request")
+		}
+		_ = spare.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := spare.Read(make([]byte, 1)); err == nil {
+			t.Fatal("the spare connection is still open after the api stopped")
+		}
+	})
+
 	t.Run("busy port", func(t *testing.T) {
 		busy, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
