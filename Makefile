@@ -80,7 +80,7 @@ fuzz: ## Run each fuzz target of every module for FUZZTIME (found with go test -
 		while read -r pkg name; do \
 			[ -n "$$pkg" ] || continue; \
 			echo "== fuzz $$pkg $$name ($(FUZZTIME))"; \
-			(cd $$m && $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg" </dev/null); \
+			(cd $$m && GO=$(GO) $(CURDIR)/scripts/fuzz-one.sh "$$pkg" "$$name" $(FUZZTIME)) || exit 1; \
 			n=$$((n + 1)); \
 		done <<< "$$targets"; \
 	done; \
