@@ -15,6 +15,7 @@ import (
 	"github.com/heraldpush/herald/api/devicev1"
 	"github.com/heraldpush/herald/api/frame"
 	"github.com/heraldpush/herald/pkg/audience"
+	"github.com/heraldpush/herald/pkg/delivery"
 	"github.com/heraldpush/herald/pkg/envelope/internalv1"
 	"github.com/heraldpush/herald/pkg/ids"
 	"github.com/heraldpush/herald/pkg/receipt"
@@ -578,7 +579,10 @@ func (s *session) flushDeferred() {
 // replay pushed.
 func (s *session) replay(cursor string, registered time.Time) {
 	g := s.g
-	var pushed map[string]struct{}
+	var (
+		pushed map[string]struct{} // every id pushed by this replay
+		acked  map[string]struct{} // ids of the current page the device acked
+	)
 	defer func() { s.endReplay(pushed) }()
 	after := ids.Floor(registered)
 	if t := ids.Time(cursor); !t.IsZero() {
@@ -586,6 +590,7 @@ func (s *session) replay(cursor string, registered time.Time) {
 	} else {
 		cursor = "" // not an id: everything replayed is new to the device
 	}
+	retries := 0
 	for {
 		select {
 		case <-s.closedCh:
@@ -598,13 +603,15 @@ func (s *session) replay(cursor string, registered time.Time) {
 		cancel()
 		if err != nil {
 			g.log.Error("list broadcasts", "device", s.key, "err", err)
-			return // live pushes go on; the device replays at its next CONNECT
+			if !s.replayBackoff(&retries) {
+				return
+			}
+			continue
 		}
 		if len(page) == 0 {
 			return
 		}
-		after = page[len(page)-1].MessageID
-		buf, sent := s.replayPage(page, cursor, now)
+		buf, sent := s.replayPage(page, cursor, now, pushed, acked)
 		if len(sent) > 0 {
 			if pushed == nil {
 				pushed = make(map[string]struct{})
@@ -612,24 +619,60 @@ func (s *session) replay(cursor string, registered time.Time) {
 			for _, p := range sent {
 				pushed[p.id] = struct{}{}
 			}
-			if !s.pushReplayed(buf, sent) {
-				return
+			out, ok := s.pushReplayed(buf, sent)
+			for i, o := range out {
+				if o == delivery.Acked {
+					if acked == nil {
+						acked = make(map[string]struct{})
+					}
+					acked[sent[i].id] = struct{}{}
+				}
+			}
+			if !ok {
+				// The device stopped acking (or the write failed): try the
+				// rest of this page again later, while the session lives.
+				// The live group pushes stay held until the replay ends.
+				if !s.replayBackoff(&retries) {
+					return
+				}
+				continue
 			}
 		}
+		retries, acked = 0, nil
+		after = page[len(page)-1].MessageID
 		if len(page) < g.cfg.Window {
 			return
 		}
 	}
 }
 
+// replayBackoff waits before a replay page is tried again: the ack
+// timeout, doubling up to 32 times it. It reports false when the session
+// closed meanwhile.
+func (s *session) replayBackoff(retries *int) bool {
+	delay := s.g.cfg.AckTimeout << min(*retries, 5)
+	*retries++
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-s.closedCh:
+		return false
+	}
+}
+
 // replayed is one push of a replay page.
 type replayed struct {
-	id  string
-	dup bool // not newer than the device's cursor: probably a duplicate
+	id     string
+	dup    bool // not newer than the device's cursor: probably a duplicate
+	resent bool // pushed before by this replay, not acked: counted already
 }
 
 // replayPage encodes the page's pushes for this device.
-func (s *session) replayPage(page []store.Broadcast, cursor string, now time.Time) ([]byte, []replayed) {
+// Ids the device acked already (a page tried again) are skipped; ids this
+// replay pushed before are sent again as resends (no second "sent").
+func (s *session) replayPage(page []store.Broadcast, cursor string, now time.Time, pushed, acked map[string]struct{}) ([]byte, []replayed) {
 	g := s.g
 	var (
 		buf  []byte
@@ -638,7 +681,7 @@ func (s *session) replayPage(page []store.Broadcast, cursor string, now time.Tim
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
 	for _, b := range page {
-		if b.Recalled {
+		if _, done := acked[b.MessageID]; done || b.Recalled {
 			continue
 		}
 		var env internalv1.Envelope
@@ -659,7 +702,8 @@ func (s *session) replayPage(page []store.Broadcast, cursor string, now time.Tim
 		}
 		p.Group = true
 		dup := cursor != "" && b.MessageID <= cursor
-		if !dup && p.GetNotification() != nil {
+		_, resent := pushed[b.MessageID]
+		if !dup && !resent && p.GetNotification() != nil {
 			if limit := g.dailyCap(ctx, s.appID); limit > 0 && !g.underCap(ctx, s.appID, s.device, limit, now) {
 				continue
 			}
@@ -678,20 +722,21 @@ func (s *session) replayPage(page []store.Broadcast, cursor string, now time.Tim
 			continue
 		}
 		buf = out
-		sent = append(sent, replayed{id: b.MessageID, dup: dup})
+		sent = append(sent, replayed{id: b.MessageID, dup: dup, resent: resent})
 	}
 	return buf, sent
 }
 
-// pushReplayed writes a replay page and waits for its acks; false ends the
-// replay (the session closed, or the device stopped acking).
-func (s *session) pushReplayed(buf []byte, sent []replayed) bool {
+// pushReplayed writes a replay page and waits for its acks. It returns the
+// outcome of each push (nil if nothing was written) and false when the
+// replay cannot go on now (the session closed, or the device stopped acking).
+func (s *session) pushReplayed(buf []byte, sent []replayed) ([]delivery.Outcome, bool) {
 	g := s.g
 	w := newWaiter(len(sent))
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return false
+		return nil, false
 	}
 	for i, p := range sent {
 		kind := kindGroup
@@ -702,26 +747,24 @@ func (s *session) pushReplayed(buf []byte, sent []replayed) bool {
 	}
 	s.mu.Unlock()
 	if s.write(buf) != nil {
-		return false
+		return nil, false
 	}
 	now := time.Now().UnixMilli()
 	for _, p := range sent {
-		if !p.dup {
+		if !p.dup && !p.resent {
 			g.emit(receipt.Receipt{AppID: s.appID, MessageID: p.id, Event: receipt.EventSent, Count: 1, Group: true, AtMS: now})
 		}
 	}
 	g.m.replayed.Add(context.Background(), int64(len(sent)))
-	switch s.awaitPage(w, func(yield func(string)) {
+	res := s.awaitPage(w, func(yield func(string)) {
 		for _, p := range sent {
 			yield(p.id)
 		}
-	}) {
-	case pageAcked:
-		return true
-	case pageTimedOut:
+	})
+	if res == pageTimedOut {
 		g.log.Debug("device stopped acking its replay", "device", s.key)
 	}
-	return false
+	return w.finish(), res == pageAcked
 }
 
 // endReplay ends the CONNECT replay: live group pushes held meanwhile go

@@ -783,3 +783,65 @@ func TestBroadcastFollowsReconnects(t *testing.T) {
 	}
 	cur.push(t)
 }
+
+// storeBroadcasts puts n "all" broadcasts of the test app in the topic log,
+// sent a minute ago in id order, and returns their ids.
+func (e *rpcEnv) storeBroadcasts(tb testing.TB, n int) []string {
+	tb.Helper()
+	gen := ids.New(func() time.Time { return time.Now().Add(-time.Minute) })
+	out := make([]string, n)
+	for i := range out {
+		env := group(gen.Next(), &internalv1.Audience{All: true})
+		body, err := proto.Marshal(env)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		out[i] = env.GetPush().GetMessageId()
+		if err := e.store.PutBroadcast(tb.Context(), "app-rpc", store.Broadcast{MessageID: out[i], ExpiresAt: time.Now().Add(time.Hour), Body: body}); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return out
+}
+
+// A device that acks its replay slowly, or stops acking for a while, still
+// gets every group message it missed while it stays connected.
+func TestReplayOutlastsSlowAndStallingDevices(t *testing.T) {
+	const window = 8
+	for _, tc := range []struct {
+		name string
+		// ackDelay is how long the device takes per push; stallFirst
+		// makes it ignore the first page entirely.
+		ackDelay   time.Duration
+		stallFirst bool
+	}{
+		{name: "acks slower than a page per ack timeout", ackDelay: 60 * time.Millisecond},
+		{name: "ignores a whole page, then acks", stallFirst: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A page of 8 at 60 ms per ack takes 480 ms, past the 300 ms ack timeout.
+			e := startEnvWith(t, Config{IO: testIO(), AckTimeout: 300 * time.Millisecond, Window: window})
+			e.registerProfile(t, "slow", profile{registered: time.Now().Add(-time.Hour)})
+			want := e.storeBroadcasts(t, 3*window+3)
+			d := e.rawConnect(t, "slow", "")
+			got := make(map[string]int)
+			ignored := 0
+			for len(got) < len(want) {
+				p := d.push(t)
+				if tc.stallFirst && ignored < window {
+					ignored++ // read, never acked: the page times out
+					continue
+				}
+				got[p.GetMessageId()]++
+				time.Sleep(tc.ackDelay)
+				d.ack(t, p.GetMessageId())
+			}
+			for _, id := range want {
+				if got[id] != 1 {
+					t.Fatalf("message %s acked %d times, want once; got %d of %d messages", id, got[id], len(got), len(want))
+				}
+			}
+			d.quiet(t, 500*time.Millisecond)
+		})
+	}
+}

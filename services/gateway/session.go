@@ -645,18 +645,29 @@ const (
 )
 
 // awaitPage waits for the device to ack a page of pushes registered in
-// s.inflight with waiter w (ids lists them). When the ack timeout passes
-// first, the page's in-flight records are dropped so a silent device does
-// not hold its window; a late ack is still recorded.
+// s.inflight with waiter w (ids lists them). A device that keeps acking
+// gets as long as it needs: the page times out only after a whole ack
+// timeout without a single ack. Then the page's in-flight records are
+// dropped so a silent device does not hold its window; a late ack is
+// still recorded.
 func (s *session) awaitPage(w *waiter, ids func(yield func(string))) pageOutcome {
 	timer := time.NewTimer(s.g.cfg.AckTimeout)
 	defer timer.Stop()
-	select {
-	case <-w.done:
-		return pageAcked
-	case <-s.closedCh:
-		return pageClosed
-	case <-timer.C:
+	left := w.unresolved()
+	for waiting := true; waiting; {
+		select {
+		case <-w.done:
+			return pageAcked
+		case <-s.closedCh:
+			return pageClosed
+		case <-timer.C:
+			if n := w.unresolved(); n < left {
+				left = n // slow, but acking: wait on
+				timer.Reset(s.g.cfg.AckTimeout)
+				continue
+			}
+			waiting = false
+		}
 	}
 	w.finish()
 	s.mu.Lock()

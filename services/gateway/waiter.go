@@ -37,6 +37,13 @@ func (w *waiter) resolve(i int, o delivery.Outcome) {
 	}
 }
 
+// unresolved is how many outcomes are still open.
+func (w *waiter) unresolved() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.remaining
+}
+
 // finish freezes the outcomes: what is unresolved has timed out.
 func (w *waiter) finish() []delivery.Outcome {
 	w.mu.Lock()
