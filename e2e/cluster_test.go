@@ -35,12 +35,15 @@ type proc struct {
 // cluster is herald as separate role processes on Kafka, Cassandra,
 // Redis or etcd, and etcd discovery: what `make cluster-up` starts.
 type cluster struct {
-	t        *testing.T
-	common   []string
-	api      *proc
-	router   *proc
-	gateways []*proc
-	disps    []*proc
+	t      *testing.T
+	common []string
+	// etcdPrefix scopes this cluster's etcd keys (discovery.etcd_prefix),
+	// so clusters of concurrent tests (or CI runs) never see each other.
+	etcdPrefix string
+	api        *proc
+	router     *proc
+	gateways   []*proc
+	disps      []*proc
 }
 
 func randomSuffix() string {
@@ -68,6 +71,7 @@ func startCluster(t *testing.T, spec clusterSpec) *cluster {
 		"HERALD_QUEUE_KAFKA_PARTITIONS=8",
 		"HERALD_DISCOVERY_ETCD_ENDPOINTS=" + strings.Join(etcd, ","),
 		"HERALD_DISCOVERY_LEASE_TTL=3s",
+		"HERALD_DISCOVERY_ETCD_PREFIX=/herald-e2e-" + run + "/",
 		"HERALD_ROUTER_BACKEND=" + spec.router,
 		"HERALD_ROUTER_LEASE_TTL=3s",
 		"HERALD_GATEWAY_ACK_TIMEOUT=2s",
@@ -80,7 +84,7 @@ func startCluster(t *testing.T, spec clusterSpec) *cluster {
 	case "etcd":
 		common = append(common, "HERALD_ROUTER_ETCD_ENDPOINTS="+strings.Join(etcd, ","))
 	}
-	cl := &cluster{t: t, common: common}
+	cl := &cluster{t: t, common: common, etcdPrefix: "/herald-e2e-" + run + "/"}
 	// Registered first, so it runs last: after every role process is gone.
 	t.Cleanup(func() { dropClusterData(t, kafka, "e2e"+run+".", cass, "herald_e2e_"+run) })
 	cl.migrate()

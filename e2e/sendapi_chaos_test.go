@@ -339,15 +339,15 @@ func TestChaosSendAPIDispatcherKill(t *testing.T) {
 	t.Logf("test took %s", time.Since(start).Round(time.Millisecond))
 }
 
-// schedulerElection is where the dispatchers campaign for the scheduler
-// (pkg/server/leader.go, electionPrefix): one key per campaigner, valued
-// with its node id; the oldest key (lowest create revision) leads.
-const schedulerElection = "/herald/elections/scheduler/"
+// schedulerElection is where the dispatchers of cl campaign for the
+// scheduler (pkg/server/leader.go: <discovery.etcd_prefix>elections/scheduler):
+// one key per campaigner, valued with its node id.
+func schedulerElection(cl *cluster) string { return cl.etcdPrefix + "elections/scheduler/" }
 
 // schedulerCampaigners returns the node ids campaigning for the scheduler,
 // the leader first.
-func schedulerCampaigners(ctx context.Context, cli *clientv3.Client) ([]string, error) {
-	resp, err := cli.Get(ctx, schedulerElection, clientv3.WithPrefix(),
+func schedulerCampaigners(ctx context.Context, cli *clientv3.Client, cl *cluster) ([]string, error) {
+	resp, err := cli.Get(ctx, schedulerElection(cl), clientv3.WithPrefix(),
 		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
 	if err != nil {
 		return nil, err
@@ -398,7 +398,7 @@ func TestChaosSendAPISchedulerFailover(t *testing.T) {
 	leader := func() (*proc, []string) {
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 		defer cancel()
-		nodes, err := schedulerCampaigners(ctx, cli)
+		nodes, err := schedulerCampaigners(ctx, cli, cl)
 		if err != nil || len(nodes) == 0 {
 			return nil, nodes
 		}
@@ -408,7 +408,7 @@ func TestChaosSendAPISchedulerFailover(t *testing.T) {
 	eventually(t, 30*time.Second, "one of this cluster's dispatchers leads the scheduler", func() (bool, string) {
 		var nodes []string
 		old, nodes = leader()
-		return old != nil, fmt.Sprintf("campaigners, leader first: %v (the election key is shared by every cluster on this etcd)", nodes)
+		return old != nil, fmt.Sprintf("campaigners, leader first: %v", nodes)
 	})
 	t.Logf("cluster up in %s; scheduler leader %s", time.Since(start).Round(time.Millisecond), old.name)
 

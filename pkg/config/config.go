@@ -211,6 +211,10 @@ type Discovery struct {
 	AdvertiseAddr string `yaml:"advertise_addr"`
 	// LeaseTTL is how long a dead gateway stays registered.
 	LeaseTTL time.Duration `yaml:"lease_ttl"`
+	// EtcdPrefix scopes every etcd key of this cluster (gateway
+	// registrations, the scheduler election, etcd routes), so clusters can
+	// share one etcd. Starts and ends with "/".
+	EtcdPrefix string `yaml:"etcd_prefix"`
 }
 
 // Etcd configures the embedded etcd server.
@@ -272,7 +276,7 @@ func Default() Config {
 		Queue: Queue{Backend: BackendPebble, Kafka: Kafka{
 			Brokers: []string{"127.0.0.1:9092"}, TopicPrefix: "herald.", Partitions: 16, ReplicationFactor: 1,
 		}},
-		Discovery: Discovery{EtcdEndpoints: []string{}, GatewayGRPCAddr: ":9091", LeaseTTL: 10 * time.Second},
+		Discovery: Discovery{EtcdEndpoints: []string{}, GatewayGRPCAddr: ":9091", LeaseTTL: 10 * time.Second, EtcdPrefix: "/herald/"},
 	}
 }
 

@@ -187,6 +187,9 @@ func (c Config) Validate() error {
 	if c.Discovery.LeaseTTL < time.Second {
 		v.add("discovery.lease_ttl", "%s is below 1s (etcd leases count whole seconds)", fmtDuration(c.Discovery.LeaseTTL))
 	}
+	if p := c.Discovery.EtcdPrefix; len(p) < 2 || !strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/") || strings.Contains(p, "//") {
+		v.add("discovery.etcd_prefix", "%q must start and end with / and name at least one key segment (like /herald/ or /herald/eu-1/)", p)
+	}
 
 	if c.RunsEmbeddedEtcd() {
 		v.addr("etcd.client_addr", c.Etcd.ClientAddr)

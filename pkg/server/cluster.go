@@ -102,7 +102,7 @@ func (s *Server) buildRole(ctx context.Context) error {
 		}
 		var lead scheduler.Leadership
 		if s.sharedEtcd() {
-			lead = newEtcdLeadership(e.etcd, s.cfg.NodeID, s.cfg.Discovery.LeaseTTL)
+			lead = newEtcdLeadership(e.etcd, s.cfg.Discovery.EtcdPrefix+electionKey, s.cfg.NodeID, s.cfg.Discovery.LeaseTTL)
 		}
 		dispatch, err := s.dispatchRoles(gws, lead)
 		if err != nil {
@@ -128,7 +128,7 @@ func (s *Server) buildRole(ctx context.Context) error {
 		// The router keeps the routing table clean: when a gateway leaves
 		// (its discovery lease ran out: the process died), every route
 		// that still points at it is dropped at once.
-		set, err := discovery.Watch(context.WithoutCancel(ctx), e.etcd, s.log, discovery.OnChange(func(ev discovery.Event) {
+		set, err := discovery.Watch(context.WithoutCancel(ctx), e.etcd, s.log, s.gatewayPrefix(), discovery.OnChange(func(ev discovery.Event) {
 			if ev.Kind != discovery.Left {
 				return
 			}
@@ -154,9 +154,14 @@ func (s *Server) buildRole(ctx context.Context) error {
 	return nil
 }
 
+// gatewayPrefix is where this cluster's gateways register in etcd.
+func (s *Server) gatewayPrefix() discovery.Option {
+	return discovery.WithPrefix(s.cfg.Discovery.EtcdPrefix + "gateways/")
+}
+
 // watchGateways returns the live gateway set and a gRPC client over it.
 func (s *Server) watchGateways(ctx context.Context) (*discovery.Set, *gatewayrpc.Client, error) {
-	set, err := discovery.Watch(context.WithoutCancel(ctx), s.eng.etcd, s.log)
+	set, err := discovery.Watch(context.WithoutCancel(ctx), s.eng.etcd, s.log, s.gatewayPrefix())
 	if err != nil {
 		return nil, nil, fmt.Errorf("server: watch gateways: %w", err)
 	}
@@ -190,7 +195,7 @@ func (s *Server) buildGateway() error {
 			GRPCAddr:   advertise("", rpc.Addr()),
 			Weight:     100,
 			StartedAt:  time.Now(),
-		}, s.cfg.Discovery.LeaseTTL, s.log)
+		}, s.cfg.Discovery.LeaseTTL, s.log, s.gatewayPrefix())
 		if err != nil {
 			return fmt.Errorf("register gateway: %w", err)
 		}

@@ -155,7 +155,7 @@ func (e *engines) routingTable(cfg config.Config, embedded *etcdembed.Server, lo
 		default:
 			return nil, errors.New("server: router.backend etcd needs router.etcd_endpoints, discovery.etcd_endpoints or the embedded etcd server")
 		}
-		return etcdroute.New(cli, etcdroute.Options{LeaseTTL: cfg.Router.LeaseTTL}, logger.With("component", "routes")), nil
+		return etcdroute.New(cli, etcdroute.Options{Prefix: cfg.Discovery.EtcdPrefix + "routes/", LeaseTTL: cfg.Router.LeaseTTL}, logger.With("component", "routes")), nil
 	case config.BackendRedis:
 		return openRedisRoutes(cfg, logger)
 	}

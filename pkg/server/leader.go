@@ -9,21 +9,22 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
-// electionPrefix is the etcd key prefix of the scheduler election.
-const electionPrefix = "/herald/elections/scheduler"
+// electionKey is the scheduler election's key under discovery.etcd_prefix.
+const electionKey = "elections/scheduler"
 
 // etcdLeadership elects one scheduler among the dispatchers of a cluster
 // (services/scheduler.Leadership): two would append every due message
 // twice. Leadership rides an etcd session lease, so a dead leader is
 // replaced within the lease TTL.
 type etcdLeadership struct {
-	cli  *clientv3.Client
-	node string
-	ttl  int // seconds
+	cli    *clientv3.Client
+	prefix string // the election's etcd key prefix
+	node   string
+	ttl    int // seconds
 }
 
-func newEtcdLeadership(cli *clientv3.Client, node string, ttl time.Duration) *etcdLeadership {
-	return &etcdLeadership{cli: cli, node: node, ttl: max(1, int(ttl/time.Second))}
+func newEtcdLeadership(cli *clientv3.Client, prefix, node string, ttl time.Duration) *etcdLeadership {
+	return &etcdLeadership{cli: cli, prefix: prefix, node: node, ttl: max(1, int(ttl/time.Second))}
 }
 
 // Lead campaigns until this node is elected and returns a context that
@@ -33,7 +34,7 @@ func (l *etcdLeadership) Lead(ctx context.Context) (context.Context, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: scheduler election session: %w", err)
 	}
-	el := concurrency.NewElection(sess, electionPrefix)
+	el := concurrency.NewElection(sess, l.prefix)
 	if err := el.Campaign(ctx, l.node); err != nil {
 		sess.Close()
 		return nil, fmt.Errorf("server: scheduler election: %w", err)

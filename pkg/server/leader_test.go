@@ -26,13 +26,20 @@ func TestSchedulerLeadershipHandsOver(t *testing.T) {
 		t.Cleanup(func() { _ = c.Close() })
 		return c
 	}
-	a := newEtcdLeadership(client(), "node-a", 10*time.Second)
-	b := newEtcdLeadership(client(), "node-b", 10*time.Second)
+	a := newEtcdLeadership(client(), "/herald/"+electionKey, "node-a", 10*time.Second)
+	b := newEtcdLeadership(client(), "/herald/"+electionKey, "node-b", 10*time.Second)
+	// A cluster under another etcd prefix elects its own scheduler.
+	other := newEtcdLeadership(client(), "/herald/eu-2/"+electionKey, "node-x", 10*time.Second)
 
 	actx, stopA := context.WithCancel(t.Context())
 	aLeads, err := a.Lead(actx)
 	if err != nil {
 		t.Fatal(err)
+	}
+	octx, cancelOther := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancelOther()
+	if _, err := other.Lead(octx); err != nil {
+		t.Fatalf("a scheduler of another cluster (etcd prefix) could not lead while a leads: %v", err)
 	}
 	bLeads := make(chan context.Context, 1)
 	go func() {
