@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -22,6 +24,7 @@ type options struct {
 	Concurrency  int // dials in flight per worker
 	RegisterConc int
 	PingEvery    time.Duration
+	PingAligned  bool // every device pings at the same instants (one burst per interval)
 	HBWindow     time.Duration
 	Repeats      int
 	Rates        []float64 // unicast target rates; 0 = flat out
@@ -30,6 +33,10 @@ type options struct {
 	ChurnFor     time.Duration
 	ChurnRate    float64 // messages/s sent during the churn
 	DeliverWait  time.Duration
+	BcastEvery   time.Duration // broadcast-sustained: one broadcast per interval
+	BcastFor     time.Duration // broadcast-sustained: how long broadcasts are sent
+	BcastTTL     int64         // TTL of fan-out and sustained broadcasts; 0 = online only
+	RawBatches   []int         // raw sustained: frames per write; nil = 1 and herald's measured frames per write
 }
 
 // bench is one session: a target, its registered devices and the workers.
@@ -115,7 +122,7 @@ func (b *bench) connectTo(ctx context.Context, n int, gateway string, raw bool) 
 	for i := range w {
 		a, z := lo+(n-lo)*i/w, lo+(n-lo)*(i+1)/w
 		cmds[i] = Command{Op: "connect", Gateway: gateway, AppKey: b.app.Key, Devices: b.devs[a:z], FirstIndex: a,
-			Raw: raw, Concurrency: b.opt.Concurrency, PingEvery: Duration(b.opt.PingEvery)}
+			Raw: raw, Concurrency: b.opt.Concurrency, PingEvery: Duration(b.opt.PingEvery), PingAligned: b.opt.PingAligned}
 	}
 	start := time.Now()
 	evs, err := b.fleet.all(ctx, cmds)
@@ -165,22 +172,56 @@ func (b *bench) settle(ctx context.Context) (procSample, error) {
 	return prev, nil
 }
 
-// cpuOver returns the server's CPU use over window, in % of one core.
-func (b *bench) cpuOver(ctx context.Context, window time.Duration) (float64, error) {
+// usage is what the server spent over a measured window.
+type usage struct {
+	Seconds    float64 // wall clock
+	CPUSeconds float64 // utime + stime
+	Syscalls   int64   // read + write system calls
+	Pings      uint64  // PINGs the workers wrote meanwhile
+}
+
+func (u usage) cpuPct() float64 { return 100 * u.CPUSeconds / u.Seconds }
+
+// measureServer reads the server's CPU time and system calls across window.
+func (b *bench) measureServer(ctx context.Context, window time.Duration) (usage, error) {
 	s0, err := sampleProc(b.tgt.PID)
 	if err != nil {
-		return 0, err
+		return usage{}, err
 	}
+	start := time.Now()
 	select {
 	case <-time.After(window):
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return usage{}, ctx.Err()
 	}
 	s1, err := sampleProc(b.tgt.PID)
 	if err != nil {
-		return 0, err
+		return usage{}, err
 	}
-	return 100 * (s1.CPUSeconds - s0.CPUSeconds) / window.Seconds(), nil
+	return usage{Seconds: time.Since(start).Seconds(), CPUSeconds: s1.CPUSeconds - s0.CPUSeconds,
+		Syscalls: s1.SysCR + s1.SysCW - s0.SysCR - s0.SysCW}, nil
+}
+
+// measure is measureServer plus the PINGs the workers wrote meanwhile
+// (when devices are connected).
+func (b *bench) measure(ctx context.Context, window time.Duration) (usage, error) {
+	if b.fleet == nil || b.conn == 0 {
+		return b.measureServer(ctx, window)
+	}
+	t0, err := b.fleet.stats(ctx)
+	if err != nil {
+		return usage{}, err
+	}
+	u, err := b.measureServer(ctx, window)
+	if err != nil {
+		return u, err
+	}
+	t1, err := b.fleet.stats(ctx)
+	if err != nil {
+		return usage{}, err
+	}
+	u.Pings = t1.Pings - t0.Pings
+	return u, nil
 }
 
 // runConnect measures RSS at each N and the heartbeat CPU at the largest.
@@ -194,9 +235,11 @@ func (b *bench) runConnect(ctx context.Context) error {
 	res.Baseline = base
 	hb := &HeartbeatResult{Every: b.opt.PingEvery.String(), Window: b.opt.HBWindow.String()}
 	b.logf("measuring idle server CPU for %s", b.opt.HBWindow)
-	if hb.IdleCPUPct, err = b.cpuOver(ctx, b.opt.HBWindow); err != nil {
+	idle, err := b.measure(ctx, b.opt.HBWindow)
+	if err != nil {
 		return err
 	}
+	hb.IdleCPUPct = idle.cpuPct()
 	xs, rss, kern := []float64{0}, []float64{float64(base.RSSBytes)}, []float64{float64(base.TCPMem)}
 	for _, n := range b.opt.Steps {
 		if n <= b.conn {
@@ -230,11 +273,47 @@ func (b *bench) runConnect(ctx context.Context) error {
 	}
 	hb.N = b.conn
 	b.logf("measuring server CPU with %d sessions pinging every %s for %s", hb.N, b.opt.PingEvery, b.opt.HBWindow)
-	if hb.LoadedCPUPct, err = b.cpuOver(ctx, b.opt.HBWindow); err != nil {
+	loaded, err := b.measure(ctx, b.opt.HBWindow)
+	if err != nil {
 		return err
 	}
+	hb.LoadedCPUPct = loaded.cpuPct()
 	hb.HeartbeatPct = hb.LoadedCPUPct - hb.IdleCPUPct
+	hb.Pings = loaded.Pings
 	res.Heartbeat = hb
+	if b.opt.PingEvery <= 0 {
+		return nil
+	}
+	// The same sessions with their pings paused: what holding them costs
+	// apart from heartbeats. The gateway closes a session 1.5 intervals
+	// after its last frame; a device whose ping fell due in the pause
+	// pings within 1 s of its end, so the pause stays at a fifth of an
+	// interval, leaving margin for a loaded machine.
+	quietFor := min(b.opt.HBWindow, b.opt.PingEvery/5)
+	b.logf("measuring server CPU with %d sessions, pings paused, for %s", hb.N, quietFor)
+	if _, err := b.fleet.same(ctx, Command{Op: "pings", Pause: true}); err != nil {
+		return err
+	}
+	quiet, err := b.measureServer(ctx, quietFor)
+	if _, perr := b.fleet.same(ctx, Command{Op: "pings", Pause: false}); err == nil {
+		err = perr
+	}
+	if err != nil {
+		return err
+	}
+	if t, err := b.fleet.stats(ctx); err == nil && t.Connected < b.conn {
+		b.res.Problems = append(b.res.Problems, fmt.Sprintf("heartbeat: %d of %d sessions open after the pings pause", t.Connected, b.conn))
+	}
+	hb.QuietWindow = quietFor.String()
+	hb.QuietCPUPct = quiet.cpuPct()
+	hb.SessionsCPUPct = hb.QuietCPUPct - hb.IdleCPUPct
+	hb.PingCPUPct = hb.LoadedCPUPct - hb.QuietCPUPct
+	if loaded.Pings > 0 {
+		hb.PingsPerS = float64(loaded.Pings) / loaded.Seconds
+		hb.CPUMicrosPerPing = hb.PingCPUPct / 100 * 1e6 / hb.PingsPerS
+		perS := func(u usage) float64 { return float64(u.Syscalls) / u.Seconds }
+		hb.SyscallsPerPing = (perS(loaded) - perS(quiet)) / hb.PingsPerS
+	}
 	return nil
 }
 
@@ -267,19 +346,15 @@ func (b *bench) waitFor(ctx context.Context, within time.Duration, cond func(tot
 	}
 }
 
-// runFanout sends one message to every connected device, Repeats times.
-// There is no broadcast in herald yet: a round is ceil(N/1000) sends of
-// 1000 device ids each (api.max_targets), all started at once.
+// runFanout sends one broadcast (audience "all") to every connected
+// device, Repeats times; a round is the time from the send to the last
+// device receiving it.
 func (b *bench) runFanout(ctx context.Context) error {
 	if err := b.ensureConnected(ctx); err != nil {
 		return err
 	}
 	n := b.conn
-	ids := make([]string, n)
-	for i := range n {
-		ids[i] = b.devs[i].ID
-	}
-	res := &FanoutResult{N: n, Repeats: b.opt.Repeats, Method: fmt.Sprintf("%d sends of up to 1000 ids, no broadcast yet", (n+999)/1000)}
+	res := &FanoutResult{N: n, Repeats: b.opt.Repeats, Method: fmt.Sprintf("one broadcast, audience all, TTL %d s", b.opt.BcastTTL)}
 	b.res.Fanout = res
 	if _, err := b.fleet.same(ctx, Command{Op: "reset"}); err != nil {
 		return err
@@ -288,18 +363,10 @@ func (b *bench) runFanout(ctx context.Context) error {
 		key := "f" + strconv.Itoa(r)
 		t0 := time.Now()
 		data := map[string]string{"r": key, "t": strconv.FormatInt(t0.UnixNano(), 10)}
-		var wg sync.WaitGroup
-		errs := make(chan error, (n+999)/1000)
-		for lo := 0; lo < n; lo += 1000 {
-			wg.Go(func() { errs <- b.snd.send(ctx, ids[lo:min(lo+1000, n)], data) })
+		if err := b.snd.broadcast(ctx, data, b.opt.BcastTTL); err != nil {
+			return fmt.Errorf("fan-out send: %w", err)
 		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			if err != nil {
-				return fmt.Errorf("fan-out send: %w", err)
-			}
-		}
+		res.SendMs = append(res.SendMs, ms(time.Since(t0)))
 		t, ok, err := b.waitFor(ctx, 30*time.Second, func(t total) bool { return t.Rounds[key].Count >= n })
 		if err != nil {
 			return err
@@ -311,9 +378,111 @@ func (b *bench) runFanout(ctx context.Context) error {
 		}
 		d := time.Duration(t.Rounds[key].LastNano - t0.UnixNano())
 		res.RoundMs = append(res.RoundMs, ms(d))
-		b.logf("fan-out round %d: %d devices in %.1f ms", r, n, ms(d))
+		b.logf("fan-out round %d: %d devices in %.1f ms (the api answered in %.1f ms)", r, n, ms(d), res.SendMs[r])
 	}
 	finishFanout(res)
+	return nil
+}
+
+// runSustained sends a broadcast every BcastEvery for BcastFor to every
+// connected device, then waits for the deliveries to stop. Deliveries/s
+// run from the first send to the last arrival; the server's CPU time over
+// that span, divided by the deliveries, is its cost per delivery.
+func (b *bench) runSustained(ctx context.Context) error {
+	if err := b.ensureConnected(ctx); err != nil {
+		return err
+	}
+	if b.opt.BcastEvery <= 0 || b.opt.BcastFor <= 0 {
+		return errors.New("broadcast-sustained needs -bcast-every and -bcast-for")
+	}
+	n := b.conn
+	if _, err := b.fleet.same(ctx, Command{Op: "reset"}); err != nil {
+		return err
+	}
+	const key = "bs"
+	res := &SustainedResult{N: n, Every: b.opt.BcastEvery.String(), SendSeconds: b.opt.BcastFor.Seconds(), TTL: b.opt.BcastTTL}
+	b.res.Sustained = res
+	b.logf("broadcast-sustained: one broadcast every %s for %s to %d devices", b.opt.BcastEvery, b.opt.BcastFor, n)
+	s0, err := sampleProc(b.tgt.PID)
+	if err != nil {
+		return err
+	}
+	d0 := b.fleet.cpuSeconds()
+	start := time.Now()
+	var sent, errs atomic.Int64
+	var wg sync.WaitGroup
+	inflight := make(chan struct{}, 64)
+	for i := 0; ; i++ {
+		due := start.Add(time.Duration(i) * b.opt.BcastEvery)
+		if due.Sub(start) >= b.opt.BcastFor || ctx.Err() != nil {
+			break
+		}
+		if w := time.Until(due); w > 0 {
+			time.Sleep(w)
+		}
+		inflight <- struct{}{} // more than 64 calls waiting: the schedule slips
+		wg.Go(func() {
+			defer func() { <-inflight }()
+			data := map[string]string{"r": key, "t": strconv.FormatInt(time.Now().UnixNano(), 10)}
+			if err := b.snd.broadcast(ctx, data, b.opt.BcastTTL); err != nil {
+				errs.Add(1)
+				return
+			}
+			sent.Add(1)
+		})
+	}
+	wg.Wait()
+	lastSend := time.Now()
+	res.Broadcasts, res.SendErrors = sent.Load(), errs.Load()
+	res.Expected = uint64(res.Broadcasts) * uint64(n)
+	// Wait for the deliveries: until all arrived or none came for 5 s. The
+	// server reading is the one taken when the count last moved.
+	s1, count := s0, 0
+	var t total
+	stall := time.Now()
+	for time.Since(stall) < 5*time.Second && time.Since(lastSend) < 5*time.Minute {
+		if t, err = b.fleet.stats(ctx); err != nil {
+			return err
+		}
+		if c := t.Rounds[key].Count; c > count {
+			count, stall = c, time.Now()
+			if s1, err = sampleProc(b.tgt.PID); err != nil {
+				return err
+			}
+		}
+		if uint64(count) >= res.Expected {
+			break
+		}
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	res.DriverCPUSeconds = b.fleet.cpuSeconds() - d0
+	res.Delivered = uint64(count)
+	res.P50Ms, res.P99Ms = ms(t.Latency.Quantile(0.50)), ms(t.Latency.Quantile(0.99))
+	res.Closed = t.Closed
+	if at := t.Rounds[key].LastNano; at > start.UnixNano() {
+		res.Seconds = time.Duration(at - start.UnixNano()).Seconds()
+		res.LagSeconds = time.Duration(at - lastSend.UnixNano()).Seconds()
+	}
+	if res.Seconds > 0 {
+		res.DeliveriesPerS = float64(res.Delivered) / res.Seconds
+	}
+	res.ServerCPUSeconds = s1.CPUSeconds - s0.CPUSeconds
+	res.WriteSyscalls = s1.SysCW - s0.SysCW
+	if res.Delivered > 0 {
+		res.CPUMicrosPerDelivery = res.ServerCPUSeconds * 1e6 / float64(res.Delivered)
+	}
+	if res.WriteSyscalls > 0 {
+		res.FramesPerWrite = float64(res.Delivered) / float64(res.WriteSyscalls)
+	}
+	if res.Delivered < res.Expected {
+		b.res.Problems = append(b.res.Problems, fmt.Sprintf("broadcast-sustained: %d of %d deliveries arrived", res.Delivered, res.Expected))
+	}
+	b.logf("broadcast-sustained: %d broadcasts, %d/%d deliveries in %.1f s (%.0f /s), %.2f µs server CPU per delivery, %.2f frames per write",
+		res.Broadcasts, res.Delivered, res.Expected, res.Seconds, res.DeliveriesPerS, res.CPUMicrosPerDelivery, res.FramesPerWrite)
 	return nil
 }
 
@@ -559,6 +728,96 @@ func (b *bench) runRaw(ctx context.Context) error {
 		b.logf("raw fan-out round %d: %d devices in %.1f ms", r, len(all), ms(d))
 	}
 	finishFanout(res)
+	return b.rawSustained(ctx, all)
+}
+
+// rawSustained is the ceiling of broadcast-sustained: the trivial writer
+// sends the same number of frames to every connection as herald's run
+// did (at most 200), batch frames per write, flat out, from 2 goroutines
+// (acks are not read).
+// Its CPU is this process's (the controller's) over the writes.
+func (b *bench) rawSustained(ctx context.Context, all []net.Conn) error {
+	frames := 0
+	if s := b.res.Sustained; s != nil {
+		frames = int(s.Broadcasts)
+	} else if b.opt.BcastEvery > 0 {
+		frames = int(b.opt.BcastFor / b.opt.BcastEvery)
+	}
+	frames = min(frames, 200) // the raw server never reads the acks: bound their backlog
+	if frames == 0 || len(all) == 0 {
+		return nil
+	}
+	batches := b.opt.RawBatches
+	if batches == nil {
+		// One frame per write, herald's own frames per write (when it
+		// coalesced), and 10 per write for what coalescing buys.
+		batches = []int{1}
+		if s := b.res.Sustained; s != nil && s.FramesPerWrite >= 1.5 && int(s.FramesPerWrite+0.5) != 10 {
+			batches = append(batches, int(s.FramesPerWrite+0.5))
+		}
+		batches = append(batches, 10)
+	}
+	for _, batch := range batches {
+		batch = max(1, min(batch, frames))
+		passes := (frames + batch - 1) / batch
+		key := "rs" + strconv.Itoa(batch)
+		if _, err := b.fleet.same(ctx, Command{Op: "reset"}); err != nil {
+			return err
+		}
+		expected := uint64(len(all)) * uint64(passes*batch)
+		self0, err := sampleProc(os.Getpid())
+		if err != nil {
+			return err
+		}
+		d0 := b.fleet.cpuSeconds()
+		start := time.Now()
+		var werr atomic.Value
+		for p := range passes {
+			t := time.Now()
+			one, err := frame.AppendMessage(nil, frame.TypePush, &devicev1.Push{MessageId: fmt.Sprintf("01RAWS%018d", p),
+				Kind: devicev1.Kind_KIND_DATA, Data: map[string]string{"r": key, "t": strconv.FormatInt(t.UnixNano(), 10)}, SentAtMs: t.UnixMilli()})
+			if err != nil {
+				return err
+			}
+			buf := bytes.Repeat(one, batch)
+			var wg sync.WaitGroup
+			const writers = 2
+			for w := range writers {
+				wg.Go(func() {
+					for i := w; i < len(all); i += writers {
+						if _, err := all[i].Write(buf); err != nil {
+							werr.CompareAndSwap(nil, err)
+						}
+					}
+				})
+			}
+			wg.Wait()
+		}
+		self1, err := sampleProc(os.Getpid())
+		if err != nil {
+			return err
+		}
+		if e, ok := werr.Load().(error); ok {
+			return fmt.Errorf("raw write: %w", e)
+		}
+		t, _, err := b.waitFor(ctx, 60*time.Second, func(t total) bool { return uint64(t.Rounds[key].Count) >= expected })
+		if err != nil {
+			return err
+		}
+		r := RawSustainedResult{N: len(all), Batch: batch, FramesPerConn: passes * batch, Expected: expected,
+			Delivered: uint64(t.Rounds[key].Count), WriterCPUSeconds: self1.CPUSeconds - self0.CPUSeconds,
+			DriverCPUSeconds: b.fleet.cpuSeconds() - d0}
+		if at := t.Rounds[key].LastNano; at > start.UnixNano() {
+			r.Seconds = time.Duration(at - start.UnixNano()).Seconds()
+			r.DeliveriesPerS = float64(r.Delivered) / r.Seconds
+		}
+		if r.Delivered > 0 {
+			r.CPUMicrosPerDelivery = r.WriterCPUSeconds * 1e6 / float64(r.Delivered)
+		}
+		b.res.RawSustained = append(b.res.RawSustained, r)
+		b.logf("raw sustained, %d frames per write: %d/%d deliveries in %.1f s (%.0f /s), %.2f µs writer CPU per delivery",
+			batch, r.Delivered, expected, r.Seconds, r.DeliveriesPerS, r.CPUMicrosPerDelivery)
+	}
 	return nil
 }
 

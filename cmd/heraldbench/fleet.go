@@ -166,6 +166,7 @@ type total struct {
 	Received   uint64
 	Unique     uint64
 	Closed     uint64
+	Pings      uint64
 	Latency    Histogram
 	Rounds     map[string]RoundAt
 }
@@ -182,6 +183,7 @@ func (f *fleet) stats(ctx context.Context) (total, error) {
 		t.Received += ev.Received
 		t.Unique += ev.Unique
 		t.Closed += ev.Closed
+		t.Pings += ev.Pings
 		if ev.Latency != nil {
 			t.Latency.Merge(*ev.Latency)
 		}
@@ -193,6 +195,17 @@ func (f *fleet) stats(ctx context.Context) (total, error) {
 		}
 	}
 	return t, nil
+}
+
+// cpuSeconds is the worker processes' CPU time so far (utime + stime).
+func (f *fleet) cpuSeconds() float64 {
+	var sum float64
+	for _, p := range f.procs {
+		if s, err := sampleProc(p.cmd.Process.Pid); err == nil {
+			sum += s.CPUSeconds
+		}
+	}
+	return sum
 }
 
 // stop asks every worker to quit (closing its connections) and waits a

@@ -118,6 +118,10 @@ func TestMarkdown(t *testing.T) {
 			Heartbeat: &HeartbeatResult{N: 19000, Every: "30s", HeartbeatPct: 2.5}, Projection1MBytes: 2e9},
 		Unicast: []UnicastResult{{TargetRate: 0, DeliveredPerS: 50000}, {TargetRate: 20000, DeliveredPerS: 20000, P99Ms: 3}},
 		Churn:   &ChurnResult{N: 19000, PerSecond: 10000, MessagesSent: 10, Delivered: 10},
+		Fanout:  &FanoutResult{N: 19000, Method: "one broadcast", P50Ms: 150, P90Ms: 170},
+		Raw:     &FanoutResult{N: 19000, Method: "raw", P50Ms: 100},
+		Sustained: &SustainedResult{N: 19000, Every: "10ms", SendSeconds: 3, Delivered: 570000, Expected: 570000,
+			DeliveriesPerS: 90000, CPUMicrosPerDelivery: 12.5, FramesPerWrite: 1},
 	}
 	var buf bytes.Buffer
 	r.WriteMarkdown(&buf)
@@ -130,6 +134,9 @@ func TestMarkdown(t *testing.T) {
 		"| messages not delivered by the end of the wait (counted lost) | 0 of 10 | 0 | met |",
 		"| 50000 /s | >= 100,000 /s | not met |",
 		"| unicast p99 at 20000 msg/s (achieved 20000 /s) | 3.00 ms | <= 5 ms at 20,000 msg/s | met |",
+		"| fan-out p50 / raw writer p50, 19000 devices | 1.50x | <= 1.2x | not met |",
+		"deliveries/s | 90000 /s (570000 of 570000) |",
+		"| sustained broadcast: server CPU per delivery | 12.50 µs (1.00 frames per write) |",
 		"PROJECTION",
 	} {
 		if !strings.Contains(md, want) {
@@ -152,7 +159,8 @@ func TestEndToEnd(t *testing.T) {
 	out := filepath.Join(dir, "result")
 	var stdout, stderr bytes.Buffer
 	code := run(t.Context(), []string{"-preset", "ci", "-herald-bin", bin, "-n", "100,200", "-hb-window", "500ms",
-		"-duration", "2s", "-rates", "500", "-per-worker", "150", "-out", out, "connect", "unicast"}, &stdout, &stderr)
+		"-duration", "2s", "-rates", "500", "-per-worker", "150", "-repeats", "2", "-bcast-for", "300ms",
+		"-out", out, "connect", "fanout", "broadcast-sustained", "unicast"}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("run = %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
 	}
@@ -183,6 +191,12 @@ func TestEndToEnd(t *testing.T) {
 	}
 	if u.P50Ms <= 0 || u.P99Ms < u.P50Ms {
 		t.Errorf("latency p50 %v p99 %v", u.P50Ms, u.P99Ms)
+	}
+	if f := res.Fanout; f == nil || len(f.RoundMs) != 2 || f.Incomplete != 0 {
+		t.Errorf("fan-out = %+v, want 2 complete broadcast rounds", f)
+	}
+	if s := res.Sustained; s == nil || s.Broadcasts == 0 || s.Delivered != s.Expected || s.CPUMicrosPerDelivery <= 0 {
+		t.Errorf("broadcast-sustained = %+v, want every broadcast delivered to every device", s)
 	}
 	if md, err := os.ReadFile(out + ".md"); err != nil || !strings.Contains(string(md), "| figure | measured | target | verdict |") {
 		t.Errorf("markdown file: %v %q", err, md)

@@ -6,8 +6,9 @@
 //
 //	heraldbench [flags] [mode ...]
 //
-// Modes: connect, fanout, unicast, churn, raw (default: all of them, in that
-// order, in one session). -preset ci|quick|full picks sizes and durations.
+// Modes: connect, fanout, broadcast-sustained, unicast, churn, raw (default:
+// all of them, in that order, in one session). -preset ci|quick|full picks
+// sizes and durations.
 // docs/benchmarks.md explains the method and the figures.
 package main
 
@@ -38,14 +39,14 @@ func main() {
 
 var presets = map[string]options{
 	"ci": {Steps: []int{200, 1000}, HBWindow: 3 * time.Second, Repeats: 3, Rates: []float64{0, 1000},
-		UnicastFor: 2 * time.Second, ChurnFor: 2 * time.Second, ChurnRate: 200},
+		UnicastFor: 2 * time.Second, ChurnFor: 2 * time.Second, ChurnRate: 200, BcastEvery: 10 * time.Millisecond, BcastFor: time.Second},
 	"quick": {Steps: []int{2000, 6000, 10000}, HBWindow: 10 * time.Second, Repeats: 5, Rates: []float64{0, 2000},
-		UnicastFor: 5 * time.Second, ChurnFor: 5 * time.Second, ChurnRate: 1000},
+		UnicastFor: 5 * time.Second, ChurnFor: 5 * time.Second, ChurnRate: 1000, BcastEvery: 10 * time.Millisecond, BcastFor: time.Second},
 	"full": {Steps: []int{2000, 10000, 19000}, HBWindow: 30 * time.Second, Repeats: 10, Rates: []float64{0, 20000},
-		UnicastFor: 20 * time.Second, ChurnFor: 10 * time.Second, ChurnRate: 2000},
+		UnicastFor: 20 * time.Second, ChurnFor: 10 * time.Second, ChurnRate: 2000, BcastEvery: 10 * time.Millisecond, BcastFor: 2 * time.Second},
 }
 
-var allModes = []string{"connect", "fanout", "unicast", "churn", "raw"}
+var allModes = []string{"connect", "fanout", "broadcast-sustained", "unicast", "churn", "raw"}
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("heraldbench", flag.ContinueOnError)
@@ -62,6 +63,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	conc := fs.Int("concurrency", 128, "dials in flight per worker")
 	regConc := fs.Int("register-concurrency", 64, "device registrations in flight")
 	ping := fs.Duration("ping-every", 30*time.Second, "heartbeat interval of every device")
+	pingAligned := fs.Bool("ping-aligned", false, "every device pings at the same instants (one burst per interval) instead of a random phase")
 	hbWindow := fs.Duration("hb-window", 0, "CPU measurement window for heartbeats")
 	repeats := fs.Int("repeats", 0, "fan-out and raw rounds")
 	rates := fs.String("rates", "", "unicast target rates per second, comma-separated; 0 = flat out")
@@ -69,6 +71,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	senders := fs.Int("senders", 128, "unicast API calls in flight")
 	churnFor := fs.Duration("churn-duration", 0, "length of the reconnect storm")
 	churnRate := fs.Float64("churn-rate", -1, "messages per second sent during the storm")
+	bcastEvery := fs.Duration("bcast-every", 0, "broadcast-sustained: interval between broadcasts")
+	bcastFor := fs.Duration("bcast-for", 0, "broadcast-sustained: how long broadcasts are sent")
+	bcastTTL := fs.Int64("bcast-ttl", 0, "TTL in seconds of fan-out and sustained broadcasts (0 = online only: no topic-log write, no replay on reconnect)")
+	rawBatch := fs.String("raw-batch", "", "raw sustained: frames per write, comma-separated (default: 1, herald's measured frames per write, 10)")
 	out := fs.String("out", "", "write <out>.json and <out>.md as well as the table on stdout")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -80,6 +86,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	opt.PerWorker, opt.Concurrency, opt.RegisterConc, opt.PingEvery, opt.Senders = *perWorker, *conc, *regConc, *ping, *senders
 	opt.DeliverWait = 30 * time.Second
+	opt.PingAligned = *pingAligned
 	var err error
 	if *steps != "" {
 		if opt.Steps, err = parseList(*steps, strconv.Atoi); err != nil {
@@ -93,6 +100,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 	}
+	if *rawBatch != "" {
+		if opt.RawBatches, err = parseList(*rawBatch, strconv.Atoi); err != nil {
+			fmt.Fprintln(stderr, "heraldbench: -raw-batch:", err)
+			return 2
+		}
+	}
+	if *bcastEvery > 0 {
+		opt.BcastEvery = *bcastEvery
+	}
+	if *bcastFor > 0 {
+		opt.BcastFor = *bcastFor
+	}
+	opt.BcastTTL = *bcastTTL
 	if *hbWindow > 0 {
 		opt.HBWindow = *hbWindow
 	}
@@ -174,6 +194,8 @@ func (b *bench) runMode(ctx context.Context, m string) error {
 		return b.runConnect(ctx)
 	case "fanout":
 		return b.runFanout(ctx)
+	case "broadcast-sustained":
+		return b.runSustained(ctx)
 	case "unicast":
 		return b.runUnicast(ctx)
 	case "churn":

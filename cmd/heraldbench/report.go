@@ -10,16 +10,19 @@ import (
 // Result is everything one heraldbench session measured; it is written as
 // JSON and rendered as a markdown table.
 type Result struct {
-	Started  time.Time       `json:"started"`
-	Machine  Machine         `json:"machine"`
-	Target   string          `json:"target"`
-	Workers  int             `json:"workers"`
-	Connect  *ConnectResult  `json:"connect,omitempty"`
-	Fanout   *FanoutResult   `json:"fanout,omitempty"`
-	Raw      *FanoutResult   `json:"raw,omitempty"`
-	Unicast  []UnicastResult `json:"unicast,omitempty"`
-	Churn    *ChurnResult    `json:"churn,omitempty"`
-	Problems []string        `json:"problems,omitempty"`
+	Started time.Time      `json:"started"`
+	Machine Machine        `json:"machine"`
+	Target  string         `json:"target"`
+	Workers int            `json:"workers"`
+	Connect *ConnectResult `json:"connect,omitempty"`
+	Fanout  *FanoutResult  `json:"fanout,omitempty"`
+	Raw     *FanoutResult  `json:"raw,omitempty"`
+	// Sustained is broadcast-sustained; RawSustained its raw-writer ceiling.
+	Sustained    *SustainedResult     `json:"broadcast_sustained,omitempty"`
+	RawSustained []RawSustainedResult `json:"raw_sustained,omitempty"`
+	Unicast      []UnicastResult      `json:"unicast,omitempty"`
+	Churn        *ChurnResult         `json:"churn,omitempty"`
+	Problems     []string             `json:"problems,omitempty"`
 }
 
 // Machine describes where the numbers come from.
@@ -63,6 +66,58 @@ type HeartbeatResult struct {
 	IdleCPUPct   float64 `json:"idle_cpu_pct"`      // no connections
 	LoadedCPUPct float64 `json:"loaded_cpu_pct"`    // N sessions pinging
 	HeartbeatPct float64 `json:"heartbeat_cpu_pct"` // loaded - idle, % of one core
+	Pings        uint64  `json:"pings"`             // PINGs written in the loaded window
+	// The same sessions with pings paused (QuietWindow, a third of an
+	// interval at most) split loaded - idle into holding the sessions
+	// (quiet - idle) and answering their pings (loaded - quiet).
+	QuietWindow      string  `json:"quiet_window,omitempty"`
+	QuietCPUPct      float64 `json:"quiet_cpu_pct"`
+	SessionsCPUPct   float64 `json:"sessions_cpu_pct"`
+	PingCPUPct       float64 `json:"ping_cpu_pct"`
+	PingsPerS        float64 `json:"pings_per_s"`
+	CPUMicrosPerPing float64 `json:"cpu_us_per_ping"`
+	SyscallsPerPing  float64 `json:"syscalls_per_ping"` // server read+write calls
+}
+
+// SustainedResult is broadcast-sustained: a broadcast every Every for
+// SendSeconds to all N sessions.
+type SustainedResult struct {
+	N           int     `json:"n"`
+	Every       string  `json:"every"`
+	SendSeconds float64 `json:"send_seconds"`
+	TTL         int64   `json:"ttl_seconds"`
+	Broadcasts  int64   `json:"broadcasts"`
+	SendErrors  int64   `json:"send_errors"`
+	Expected    uint64  `json:"expected_deliveries"`
+	Delivered   uint64  `json:"delivered"`
+	Closed      uint64  `json:"sessions_closed_by_server"`
+	// Seconds runs from the first send to the last arrival; LagSeconds from
+	// the last send to the last arrival.
+	Seconds              float64 `json:"seconds"`
+	LagSeconds           float64 `json:"lag_seconds"`
+	DeliveriesPerS       float64 `json:"deliveries_per_s"`
+	P50Ms                float64 `json:"p50_ms"` // send to receive, over every delivery
+	P99Ms                float64 `json:"p99_ms"`
+	ServerCPUSeconds     float64 `json:"server_cpu_seconds"`
+	CPUMicrosPerDelivery float64 `json:"server_cpu_us_per_delivery"`
+	WriteSyscalls        int64   `json:"server_write_syscalls"`
+	FramesPerWrite       float64 `json:"frames_per_write"` // deliveries / write system calls (all of the server's)
+	DriverCPUSeconds     float64 `json:"driver_cpu_seconds"`
+}
+
+// RawSustainedResult is the raw writer sending FramesPerConn frames to each
+// of N connections, Batch frames per write, flat out.
+type RawSustainedResult struct {
+	N                    int     `json:"n"`
+	Batch                int     `json:"frames_per_write"`
+	FramesPerConn        int     `json:"frames_per_conn"`
+	Expected             uint64  `json:"expected_deliveries"`
+	Delivered            uint64  `json:"delivered"`
+	Seconds              float64 `json:"seconds"`
+	DeliveriesPerS       float64 `json:"deliveries_per_s"`
+	WriterCPUSeconds     float64 `json:"writer_cpu_seconds"`
+	CPUMicrosPerDelivery float64 `json:"writer_cpu_us_per_delivery"`
+	DriverCPUSeconds     float64 `json:"driver_cpu_seconds"`
 }
 
 // FanoutResult is one message to every connected device, repeated.
@@ -70,7 +125,8 @@ type FanoutResult struct {
 	N          int       `json:"n"`
 	Method     string    `json:"method"`
 	Repeats    int       `json:"repeats"`
-	RoundMs    []float64 `json:"round_ms"` // send start to the last device receiving
+	RoundMs    []float64 `json:"round_ms"`          // send start to the last device receiving
+	SendMs     []float64 `json:"send_ms,omitempty"` // send start to the api's answer (herald rounds)
 	Incomplete int       `json:"incomplete_rounds"`
 	P50Ms      float64   `json:"p50_ms"`
 	P90Ms      float64   `json:"p90_ms"`
@@ -138,8 +194,12 @@ func (r *Result) WriteMarkdown(w io.Writer) {
 			last.N, c.BytesPerConn, verdict(c.BytesPerConn, 2048, false))
 		fmt.Fprintf(&b, "| kernel TCP buffer memory per connection (sockstat mem slope, both loopback ends; socket structs not included) | %.0f B | reported apart | — |\n", c.KernelBytesPerConn)
 		if hb := c.Heartbeat; hb != nil {
-			fmt.Fprintf(&b, "| heartbeat CPU, %d sessions pinging every %s | %.2f %% of a core | <= 1 %% at 19,000 / 30 s | %s |\n",
-				hb.N, hb.Every, hb.HeartbeatPct, verdict(max(hb.HeartbeatPct, 1e-9), 1, false))
+			fmt.Fprintf(&b, "| heartbeat CPU, %d sessions pinging every %s (with sessions minus idle, %s windows) | %.2f %% of a core | <= 1 %% at 19,000 / 30 s | %s |\n",
+				hb.N, hb.Every, hb.Window, hb.HeartbeatPct, verdict(max(hb.HeartbeatPct, 1e-9), 1, false))
+			if hb.QuietWindow != "" {
+				fmt.Fprintf(&b, "| of which answering pings (with pings minus pings paused) / holding the sessions (pings paused minus idle) | %.2f / %.2f %% of a core (%.0f pings/s, %.0f µs and %.1f syscalls each) | — | — |\n",
+					hb.PingCPUPct, hb.SessionsCPUPct, hb.PingsPerS, hb.CPUMicrosPerPing, hb.SyscallsPerPing)
+			}
 		}
 		best := 0.0
 		for _, s := range c.Steps {
@@ -172,6 +232,18 @@ func (r *Result) WriteMarkdown(w io.Writer) {
 		}
 		b.WriteString(line)
 	}
+	if f, rw := r.Fanout, r.Raw; f != nil && rw != nil && rw.P50Ms > 0 && f.P50Ms > 0 {
+		fmt.Fprintf(&b, "| fan-out p50 / raw writer p50, %d devices | %.2fx | <= 1.2x | %s |\n", f.N, f.P50Ms/rw.P50Ms, verdict(f.P50Ms/rw.P50Ms, 1.2, false))
+	}
+	if s := r.Sustained; s != nil {
+		fmt.Fprintf(&b, "| sustained broadcast to %d devices, one every %s for %.0f s: deliveries/s | %.0f /s (%d of %d) | reported | — |\n",
+			s.N, s.Every, s.SendSeconds, s.DeliveriesPerS, s.Delivered, s.Expected)
+		fmt.Fprintf(&b, "| sustained broadcast: server CPU per delivery | %.2f µs (%.2f frames per write) | reported | — |\n", s.CPUMicrosPerDelivery, s.FramesPerWrite)
+	}
+	for _, rs := range r.RawSustained {
+		fmt.Fprintf(&b, "| raw writer, %d frames per write, %d frames to each of %d: deliveries/s, writer CPU per delivery | %.0f /s, %.2f µs | ceiling | — |\n",
+			rs.Batch, rs.FramesPerConn, rs.N, rs.DeliveriesPerS, rs.CPUMicrosPerDelivery)
+	}
 	if c := r.Connect; c != nil && c.Projection1MBytes > 0 {
 		fmt.Fprintf(&b, "| PROJECTION: gateway RSS at 1M connections per host (baseline + slope x 1M) | %s | — | projection |\n", mib(c.Projection1MBytes))
 	}
@@ -200,6 +272,15 @@ func (r *Result) WriteMarkdown(w io.Writer) {
 		}
 		fmt.Fprintf(&b, "\nFan-out (%s), %d devices, %d repeats (%d incomplete): p50 %.1f ms, p90 %.1f ms, %.0f deliveries/s at p50.\n",
 			f.Method, f.N, f.Repeats, f.Incomplete, f.P50Ms, f.P90Ms, f.PerSecond)
+	}
+	if s := r.Sustained; s != nil {
+		fmt.Fprintf(&b, "\nBroadcast-sustained: %d broadcasts (%d send errors) to %d devices, %d of %d deliveries in %.1f s (%.0f /s, lag after the last send %.1f s), send-to-receive p50 %.0f ms p99 %.0f ms, server CPU %.2f s (%.2f µs per delivery), %d server write calls (%.2f frames per write), driver CPU %.1f s, %d sessions closed by the server.\n",
+			s.Broadcasts, s.SendErrors, s.N, s.Delivered, s.Expected, s.Seconds, s.DeliveriesPerS, s.LagSeconds, s.P50Ms, s.P99Ms,
+			s.ServerCPUSeconds, s.CPUMicrosPerDelivery, s.WriteSyscalls, s.FramesPerWrite, s.DriverCPUSeconds, s.Closed)
+	}
+	for _, rs := range r.RawSustained {
+		fmt.Fprintf(&b, "\nRaw sustained, %d frames per write: %d of %d deliveries in %.2f s (%.0f /s), writer CPU %.2f s (%.2f µs per delivery), driver CPU %.1f s.\n",
+			rs.Batch, rs.Delivered, rs.Expected, rs.Seconds, rs.DeliveriesPerS, rs.WriterCPUSeconds, rs.CPUMicrosPerDelivery, rs.DriverCPUSeconds)
 	}
 	if ch := r.Churn; ch != nil {
 		fmt.Fprintf(&b, "\nChurn: %d devices, %.1f s, %d handshakes (%.0f /s), %d failed dials, %d/%d messages delivered, %d messages of earlier runs redelivered, server CPU %.0f %%.\n",

@@ -142,6 +142,10 @@ type procSample struct {
 	CPUSeconds float64 `json:"cpu_seconds"` // utime + stime
 	TCPMem     int64   `json:"tcp_mem_bytes"`
 	TCPInUse   int64   `json:"tcp_inuse"`
+	// SysCR and SysCW count the process's read and write system calls
+	// (/proc/<pid>/io: every read/recv and write/send, sockets included).
+	SysCR int64 `json:"syscr"`
+	SysCW int64 `json:"syscw"`
 }
 
 // clockTicks is USER_HZ, 100 on every Linux this tool targets.
@@ -174,6 +178,9 @@ func sampleProc(pid int) (procSample, error) {
 	if err != nil {
 		return s, err
 	}
+	if io, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid)); err == nil {
+		s.SysCR, s.SysCW = parseProcIO(string(io))
+	}
 	if sock, err := os.ReadFile("/proc/net/sockstat"); err == nil {
 		s.TCPInUse, s.TCPMem = parseSockstat(string(sock))
 	}
@@ -198,6 +205,24 @@ func parseStatCPU(stat string) (float64, error) {
 		return 0, fmt.Errorf("stat: %w", err)
 	}
 	return (ut + st) / clockTicks, nil
+}
+
+// parseProcIO returns the syscr and syscw counters of /proc/<pid>/io.
+func parseProcIO(s string) (syscr, syscw int64) {
+	for line := range strings.SplitSeq(s, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		switch k {
+		case "syscr":
+			syscr = n
+		case "syscw":
+			syscw = n
+		}
+	}
+	return syscr, syscw
 }
 
 // parseSockstat returns TCP sockets in use and TCP memory in bytes (the
@@ -340,6 +365,20 @@ func newSender(addr string, app appCreds) (*sender, error) {
 	}
 	return &sender{conn: conn, cli: heraldv1.NewHeraldClient(conn),
 		auth: "Basic " + base64.StdEncoding.EncodeToString([]byte(app.Key+":"+app.Secret))}, nil
+}
+
+// broadcast sends one data message to every device of the app (audience
+// "all", the gRPC form of REST's "audience": "all"): one push-log record
+// that every gateway fans out. ttl 0 is online-only: nothing goes to the
+// app's topic log, so a reconnecting device gets no replay of it.
+func (s *sender) broadcast(ctx context.Context, data map[string]string, ttl int64) error {
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", s.auth)
+	_, err := s.cli.SendMessage(ctx, &heraldv1.SendMessageRequest{
+		Audience: &heraldv1.Audience{All: true},
+		Data:     data,
+		Options:  &heraldv1.Options{TtlSeconds: &ttl},
+	})
+	return err
 }
 
 // send sends one data message to devices; data carries the timestamps.

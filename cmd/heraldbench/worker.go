@@ -32,7 +32,7 @@ type Device struct {
 
 // Command is one controller -> worker request.
 type Command struct {
-	Op          string   `json:"op"` // connect, stats, reset, churn, quit
+	Op          string   `json:"op"` // connect, stats, reset, churn, pings, quit
 	Gateway     string   `json:"gateway,omitempty"`
 	AppKey      string   `json:"app_key,omitempty"`
 	Devices     []Device `json:"devices,omitempty"`
@@ -40,7 +40,9 @@ type Command struct {
 	Raw         bool     `json:"raw,omitempty"`         // connect without a handshake (raw fan-out baseline)
 	Concurrency int      `json:"concurrency,omitempty"`
 	PingEvery   Duration `json:"ping_every,omitempty"`
+	PingAligned bool     `json:"ping_aligned,omitempty"` // every device pings at the same instants
 	Duration    Duration `json:"duration,omitempty"`
+	Pause       bool     `json:"pause,omitempty"` // pings: stop (true) or restart (false) the heartbeats
 }
 
 // Event is one worker -> controller message.
@@ -54,6 +56,7 @@ type Event struct {
 	Received   uint64             `json:"received,omitempty"`
 	Unique     uint64             `json:"unique,omitempty"`
 	Closed     uint64             `json:"closed,omitempty"` // connections the server ended
+	Pings      uint64             `json:"pings,omitempty"`  // PINGs written since the last reset
 	Latency    *Histogram         `json:"latency,omitempty"`
 	Rounds     map[string]RoundAt `json:"rounds,omitempty"`
 }
@@ -99,6 +102,8 @@ type worker struct {
 
 	handshakes atomic.Uint64
 	closed     atomic.Uint64
+	pings      atomic.Uint64
+	paused     atomic.Bool
 }
 
 type devConn struct {
@@ -109,10 +114,12 @@ type devConn struct {
 	appKey string
 	raw    bool
 	every  time.Duration
+	align  bool
 
-	mu    sync.Mutex // guards conn writes and conn replacement
-	conn  net.Conn
-	timer *time.Timer
+	mu      sync.Mutex // guards conn writes and conn replacement
+	conn    net.Conn
+	timer   *time.Timer
+	skipped bool // a ping fell due while pings were paused
 }
 
 // runWorker is `heraldbench worker`: it serves commands until stdin closes
@@ -138,6 +145,9 @@ func runWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 			w.emit(Event{Ev: "reset"})
 		case "churn":
 			w.emit(w.churn(ctx, cmd))
+		case "pings":
+			w.setPaused(cmd.Pause)
+			w.emit(Event{Ev: "pings"})
 		case "quit":
 			w.emit(Event{Ev: "bye"})
 			return nil
@@ -203,7 +213,7 @@ func (w *worker) connect(ctx context.Context, cmd Command) Event {
 		}
 	})
 	for i, d := range cmd.Devices {
-		c := &devConn{w: w, dev: d, index: cmd.FirstIndex + i, gw: cmd.Gateway, appKey: cmd.AppKey, raw: cmd.Raw, every: time.Duration(cmd.PingEvery)}
+		c := &devConn{w: w, dev: d, index: cmd.FirstIndex + i, gw: cmd.Gateway, appKey: cmd.AppKey, raw: cmd.Raw, every: time.Duration(cmd.PingEvery), align: cmd.PingAligned}
 		w.mu.Lock()
 		w.conns = append(w.conns, c)
 		w.mu.Unlock()
@@ -266,8 +276,14 @@ func (c *devConn) dial(ctx context.Context) error {
 	c.mu.Lock()
 	c.conn = conn
 	if c.every > 0 && !c.raw && c.timer == nil {
-		// A random phase spreads the fleet's heartbeats evenly over the interval.
-		c.timer = time.AfterFunc(rand.N(c.every), c.ping)
+		// A random phase spreads the fleet's heartbeats evenly over the
+		// interval; aligned, every device pings at the next multiple of it.
+		first := rand.N(c.every)
+		if c.align {
+			now := time.Now()
+			first = now.Truncate(c.every).Add(c.every).Sub(now)
+		}
+		c.timer = time.AfterFunc(first, c.ping)
 	}
 	c.mu.Unlock()
 	go c.read(conn, rd)
@@ -277,9 +293,14 @@ func (c *devConn) dial(ctx context.Context) error {
 func (c *devConn) ping() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.w.paused.Load() {
+		c.skipped = true // the timer stays stopped until setPaused(false)
+		return
+	}
 	if c.conn != nil {
 		_ = c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		_, _ = c.conn.Write(frame.Ping)
+		c.w.pings.Add(1)
 	}
 	if c.timer != nil {
 		c.timer.Reset(c.every)
@@ -360,7 +381,29 @@ func (w *worker) stats() Event {
 		rounds[k] = *v
 	}
 	return Event{Ev: "stats", Connected: live, Handshakes: w.handshakes.Load(), Received: w.received,
-		Unique: w.seen.Count(), Closed: w.closed.Load(), Latency: &h, Rounds: rounds}
+		Unique: w.seen.Count(), Closed: w.closed.Load(), Pings: w.pings.Load(), Latency: &h, Rounds: rounds}
+}
+
+// setPaused stops or restarts the heartbeats. Devices whose ping fell due
+// during the pause ping within the next second (the gateway closes a
+// session 1.5 intervals after its last frame, so a pause must stay well
+// under half an interval); the others keep their phase.
+func (w *worker) setPaused(pause bool) {
+	w.paused.Store(pause)
+	if pause {
+		return
+	}
+	w.mu.Lock()
+	conns := append([]*devConn(nil), w.conns...)
+	w.mu.Unlock()
+	for _, c := range conns {
+		c.mu.Lock()
+		if c.skipped && c.timer != nil {
+			c.skipped = false
+			c.timer.Reset(rand.N(time.Second))
+		}
+		c.mu.Unlock()
+	}
 }
 
 func (w *worker) reset() {
@@ -372,6 +415,7 @@ func (w *worker) reset() {
 	w.rounds = map[string]*RoundAt{}
 	w.handshakes.Store(0)
 	w.closed.Store(0)
+	w.pings.Store(0)
 }
 
 // churn closes and reopens connections, cmd.Concurrency at a time, for
