@@ -44,9 +44,13 @@ type Gateways interface {
 	Drain(ctx context.Context, node, device string, connID uint64, lazy bool) error
 	// Nodes lists the gateway nodes currently up.
 	Nodes() []string
-	// Broadcast hands a node one group message (or a recall of one); the
-	// node pushes it to its matching sessions and returns how many matched.
-	Broadcast(ctx context.Context, node string, env *internalv1.Envelope) (matched int64, err error)
+	// Broadcast hands a node group messages (and recalls of them) in log
+	// order; the node pushes them to its matching sessions (each session's
+	// plain pushes of the call in one write) and returns how many sessions
+	// each matched. A node answers a message it was handed before with its
+	// first answer and does not push it again, so a failed call can be
+	// made again whole.
+	Broadcast(ctx context.Context, node string, envs []*internalv1.Envelope) (matched []int64, err error)
 }
 
 // Store is the part of the store the dispatcher uses.
@@ -377,21 +381,44 @@ func (d *Dispatcher) fanOut(ctx context.Context, stopping <-chan struct{}, jobs 
 	d.m.broadcasts.Add(ctx, int64(len(jobs)))
 }
 
-// broadcastTo hands one node the group messages in order. A node that
-// fails is retried with backoff for up to Config.BroadcastRetry, then
-// skipped for the rest of the batch; a node that leaves is skipped at once.
-// Either way its devices replay the messages from the topic log when they
-// reconnect.
+// Bounds on one Gateways.Broadcast call; a batch with more group messages
+// is handed over in several calls, in order.
+const (
+	maxBroadcastBatch      = 64
+	maxBroadcastBatchBytes = 4 << 20
+)
+
+// broadcastTo hands one node the group messages in order, in calls of up
+// to maxBroadcastBatch messages. A node that fails is retried with backoff
+// for up to Config.BroadcastRetry, then skipped for the rest of the batch;
+// a node that leaves is skipped at once. Either way its devices replay the
+// messages from the topic log when they reconnect.
 func (d *Dispatcher) broadcastTo(ctx context.Context, stopping <-chan struct{}, node string, jobs []*job) {
 	var giveUp time.Time // set at the first failure
-	for i, j := range jobs {
+	for from := 0; from < len(jobs); {
+		to, size := from, 0
+		for to < len(jobs) && to-from < maxBroadcastBatch && (to == from || size+len(jobs[to].val) <= maxBroadcastBatchBytes) {
+			size += len(jobs[to].val)
+			to++
+		}
+		envs := make([]*internalv1.Envelope, to-from)
+		for i, j := range jobs[from:to] {
+			envs[i] = j.env
+		}
 		backoff := 100 * time.Millisecond
 		for {
 			bctx, cancel := context.WithTimeout(ctx, d.cfg.DeliverTimeout)
-			matched, err := d.deps.Gateways.Broadcast(bctx, node, j.env)
+			matched, err := d.deps.Gateways.Broadcast(bctx, node, envs)
 			cancel()
+			if err == nil && len(matched) != len(envs) {
+				err = fmt.Errorf("%d answers for %d messages", len(matched), len(envs))
+			}
 			if err == nil {
-				d.m.matched.Add(ctx, matched)
+				var n int64
+				for _, m := range matched {
+					n += m
+				}
+				d.m.matched.Add(ctx, n)
 				break
 			}
 			now := d.now()
@@ -399,17 +426,18 @@ func (d *Dispatcher) broadcastTo(ctx context.Context, stopping <-chan struct{}, 
 				giveUp = now.Add(d.cfg.BroadcastRetry)
 			}
 			if now.After(giveUp) || !slices.Contains(d.deps.Gateways.Nodes(), node) || isClosed(stopping) {
-				d.log.Warn("gateway skipped for group messages", "node", node, "messages", len(jobs)-i, "err", err)
-				d.m.skipped.Add(ctx, int64(len(jobs)-i))
+				d.log.Warn("gateway skipped for group messages", "node", node, "messages", len(jobs)-from, "err", err)
+				d.m.skipped.Add(ctx, int64(len(jobs)-from))
 				return
 			}
-			d.log.Warn("broadcast to gateway failed; retrying", "node", node, "message", j.id(), "err", err, "retry_in", backoff)
+			d.log.Warn("broadcast to gateway failed; retrying", "node", node, "messages", len(envs), "first", envs[0].GetPush().GetMessageId(), "err", err, "retry_in", backoff)
 			select {
 			case <-time.After(backoff):
 			case <-stopping:
 			}
 			backoff = min(2*backoff, 5*time.Second)
 		}
+		from = to
 	}
 }
 

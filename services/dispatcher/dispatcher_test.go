@@ -467,15 +467,15 @@ func (f *flakyGateways) Nodes() []string {
 	return nodes
 }
 
-func (f *flakyGateways) Broadcast(ctx context.Context, node string, env *internalv1.Envelope) (int64, error) {
+func (f *flakyGateways) Broadcast(ctx context.Context, node string, envs []*internalv1.Envelope) ([]int64, error) {
 	f.mu.Lock()
 	if _, ok := f.extra[node]; ok {
 		f.extra[node]++
 		f.mu.Unlock()
-		return 0, errors.New("connection refused")
+		return nil, errors.New("connection refused")
 	}
 	f.mu.Unlock()
-	return f.Directory.Broadcast(ctx, node, env)
+	return f.Directory.Broadcast(ctx, node, envs)
 }
 
 func (f *flakyGateways) attempts(node string) int {
@@ -641,5 +641,64 @@ func TestReceipts(t *testing.T) {
 	}
 	if c := e.counts(t, failed[0].GetPush().GetMessageId()); c.Failed != 1 {
 		t.Errorf("failed count %d", c.Failed)
+	}
+}
+
+// recordingGateways records the messages of each Broadcast call.
+type recordingGateways struct {
+	*gateway.Directory
+	mu    sync.Mutex
+	calls [][]string
+}
+
+func (r *recordingGateways) Broadcast(ctx context.Context, node string, envs []*internalv1.Envelope) ([]int64, error) {
+	ids := make([]string, len(envs))
+	for i, env := range envs {
+		ids[i] = env.GetPush().GetMessageId()
+	}
+	r.mu.Lock()
+	r.calls = append(r.calls, ids)
+	r.mu.Unlock()
+	return r.Directory.Broadcast(ctx, node, envs)
+}
+
+// The group records of a fetched batch reach each gateway in a few calls
+// (of at most 64 messages), in log order, and devices get them in order.
+func TestGroupMessagesBatchedPerNode(t *testing.T) {
+	e := newEnv(t, gateway.Config{})
+	d := e.connect(t, "d1", nil, nil)
+	const n = 70
+	envs := make([]*internalv1.Envelope, n)
+	want := make([]string, n)
+	for i := range envs {
+		envs[i] = e.group(t, &internalv1.Audience{All: true}, time.Hour)
+		want[i] = envs[i].GetPush().GetMessageId()
+	}
+	e.append(t, envs...)
+	gws := &recordingGateways{Directory: e.dir}
+	e.startDispatcher(t, dispatcher.Config{}, gws)
+
+	var got []string
+	for _, m := range d.expect(t, want...) {
+		got = append(got, m.ID)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("device got %v, want %v in log order", got, want)
+	}
+	gws.mu.Lock()
+	defer gws.mu.Unlock()
+	var sent []string
+	for _, c := range gws.calls {
+		t.Logf("a call with %d messages", len(c))
+		if len(c) > 64 {
+			t.Errorf("a call with %d messages, want at most 64", len(c))
+		}
+		sent = append(sent, c...)
+	}
+	if !slices.Equal(sent, want) {
+		t.Errorf("handed over %v, want %v in log order", gws.calls, want)
+	}
+	if len(gws.calls) >= n/2 {
+		t.Errorf("%d calls for %d messages: not batched", len(gws.calls), n)
 	}
 }

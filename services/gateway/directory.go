@@ -67,14 +67,15 @@ func (d *Directory) Drain(ctx context.Context, node, device string, connID uint6
 	return nil
 }
 
-// Broadcast hands a group message (or its recall) to the node and returns
-// the sessions it matched there. A node that is not here matches nothing.
-func (d *Directory) Broadcast(ctx context.Context, node string, env *internalv1.Envelope) (int64, error) {
+// Broadcast hands group messages (and recalls) to the node, in log order,
+// and returns the sessions each matched there (Gateway.BroadcastBatch). A
+// node that is not here matches nothing.
+func (d *Directory) Broadcast(ctx context.Context, node string, envs []*internalv1.Envelope) ([]int64, error) {
 	g := d.node(node)
 	if g == nil {
-		return 0, nil
+		return make([]int64, len(envs)), nil
 	}
-	return g.Broadcast(ctx, env)
+	return g.BroadcastBatch(ctx, envs)
 }
 
 // Kick closes the device's session on whichever local gateway holds it.

@@ -192,23 +192,61 @@ func expired(env *internalv1.Envelope, now time.Time) bool {
 // over again lately (a retried call, a redelivered record) is not pushed
 // again: the first answer is returned.
 func (g *Gateway) Broadcast(ctx context.Context, env *internalv1.Envelope) (int64, error) {
-	a, id, appID := env.GetAudience(), env.GetPush().GetMessageId(), env.GetAppId()
-	if a == nil || id == "" || appID == "" {
-		return 0, fmt.Errorf("gateway: broadcast: %w: needs an app, an audience and a message id", herald.ErrInvalidArgument)
+	n, err := g.BroadcastBatch(ctx, []*internalv1.Envelope{env})
+	if err != nil {
+		return 0, err
 	}
-	if env.GetRecall() {
-		g.recall(appID, id)
-		return 0, nil
-	}
-	if n, ok := g.groups.claim(id); !ok {
-		return n, nil
-	}
-	n, err := g.broadcast(ctx, env)
-	g.groups.settle(id, n, err)
-	return n, err
+	return n[0], nil
 }
 
-func (g *Gateway) broadcast(ctx context.Context, env *internalv1.Envelope) (int64, error) {
+// BroadcastBatch is Broadcast for several group messages (and recalls) in
+// log order; it returns the sessions matched by each. Each message is
+// matched, counted and receipted on its own, as by Broadcast, but the
+// plain pushes (high priority, not paced) that one session gets from the
+// batch go out in one write, in order. An envelope without an app, an
+// audience or a message id fails the whole call before anything is
+// pushed. If a message fails, the pushes of those before it are written
+// and the error returned: a retried call gets their first answers back
+// and pushes the rest.
+func (g *Gateway) BroadcastBatch(ctx context.Context, envs []*internalv1.Envelope) ([]int64, error) {
+	for i, env := range envs {
+		if env.GetAudience() == nil || env.GetPush().GetMessageId() == "" || env.GetAppId() == "" {
+			return nil, fmt.Errorf("gateway: broadcast: envelope %d: %w: needs an app, an audience and a message id", i, herald.ErrInvalidArgument)
+		}
+	}
+	out := make([]int64, len(envs))
+	var c *coalescer // one message: written as it goes, nothing to join
+	if len(envs) > 1 {
+		c = &coalescer{}
+		defer c.flush()
+	}
+	for i, env := range envs {
+		id, appID := env.GetPush().GetMessageId(), env.GetAppId()
+		if env.GetRecall() {
+			// The pushes before the recall are written first, as one by
+			// one: a written push cannot be taken back.
+			if c != nil {
+				c.flush()
+			}
+			g.recall(appID, id)
+			continue
+		}
+		n, ok := g.groups.claim(id)
+		if !ok {
+			out[i] = n
+			continue
+		}
+		n, err := g.broadcast(ctx, env, c)
+		g.groups.settle(id, n, err)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = n
+	}
+	return out, nil
+}
+
+func (g *Gateway) broadcast(ctx context.Context, env *internalv1.Envelope, c *coalescer) (int64, error) {
 	a, id, appID := env.GetAudience(), env.GetPush().GetMessageId(), env.GetAppId()
 	now := time.Now()
 	if expired(env, now) {
@@ -260,10 +298,79 @@ func (g *Gateway) broadcast(ctx context.Context, env *internalv1.Envelope) (int6
 		g.pace(f, matched, spread)
 	} else {
 		for _, s := range matched {
-			f.send(ctx, s)
+			f.send(ctx, s, c)
 		}
 	}
 	return int64(len(matched)), nil
+}
+
+// coalescer gathers the plain group pushes (high priority, not paced) of
+// one BroadcastBatch by session, so that each session gets those of the
+// whole batch in one write, in order. A push costs one small entry; the
+// frames are kept once each. Its zero value is ready to use.
+type coalescer struct {
+	slot   map[*session]int32 // index in slots
+	slots  []coalesced        // by first push, so sessions are written in match order
+	frames []queuedPush       // the frames pushed, each once
+	pushes []coalescedPush
+	buf    []byte // scratch: one session's frames joined (writes copy or finish with it)
+}
+
+type coalesced struct {
+	s          *session
+	head, tail int32 // indexes in pushes
+}
+
+type coalescedPush struct {
+	frame int32 // index in frames
+	next  int32 // index in pushes of the session's next push; -1 for none
+}
+
+// frame keeps the PUSH frame of message id for the pushes that follow and
+// returns its index; b is shared between sessions and never modified.
+func (c *coalescer) frame(id string, b []byte) int32 {
+	c.frames = append(c.frames, queuedPush{id: id, frame: b})
+	return int32(len(c.frames) - 1)
+}
+
+// add queues frame f (from frame) for s.
+func (c *coalescer) add(s *session, f int32) {
+	if c.slot == nil {
+		c.slot = make(map[*session]int32)
+	}
+	p := int32(len(c.pushes))
+	c.pushes = append(c.pushes, coalescedPush{frame: f, next: -1})
+	i, ok := c.slot[s]
+	if !ok {
+		c.slot[s] = int32(len(c.slots))
+		c.slots = append(c.slots, coalesced{s: s, head: p, tail: p})
+		return
+	}
+	sl := &c.slots[i]
+	c.pushes[sl.tail].next = p
+	sl.tail = p
+}
+
+// flush writes what was gathered, one write per session, and empties c.
+func (c *coalescer) flush() {
+	if len(c.slots) == 0 {
+		return
+	}
+	var qs []queuedPush
+	for _, sl := range c.slots {
+		qs = qs[:0]
+		for p := sl.head; p >= 0; p = c.pushes[p].next {
+			qs = append(qs, c.frames[c.pushes[p].frame])
+		}
+		c.buf = sl.s.pushGroups(qs, c.buf[:0])
+	}
+	clear(c.slot)
+	clear(c.slots)
+	c.slots = c.slots[:0]
+	clear(c.frames)
+	c.frames = c.frames[:0]
+	c.pushes = c.pushes[:0]
+	c.buf = nil
 }
 
 // fanout is one group message being pushed to this gateway's sessions.
@@ -278,16 +385,20 @@ type fanout struct {
 	push     *devicev1.Push
 	frame    []byte
 	recalled atomic.Bool
+	// coalesced is frame's index in the coalescer of the call (-1: not
+	// kept there yet).
+	coalesced int32
 }
 
 func newFanout(g *Gateway, env *internalv1.Envelope) (*fanout, error) {
 	p := proto.CloneOf(env.GetPush())
 	p.Group = true
 	f := &fanout{
-		g:      g,
-		id:     p.GetMessageId(),
-		normal: env.GetPriority() == internalv1.Priority_PRIORITY_NORMAL,
-		push:   p,
+		g:         g,
+		id:        p.GetMessageId(),
+		normal:    env.GetPriority() == internalv1.Priority_PRIORITY_NORMAL,
+		push:      p,
+		coalesced: -1,
 	}
 	if env.GetBadgeAdd() != 0 && p.GetNotification() != nil {
 		f.badgeAdd = env.GetBadgeAdd()
@@ -301,8 +412,9 @@ func newFanout(g *Gateway, env *internalv1.Envelope) (*fanout, error) {
 	return f, nil
 }
 
-// send writes (or queues) the push to s.
-func (f *fanout) send(ctx context.Context, s *session) {
+// send writes (or queues) the push to s. With a coalescer, a push that
+// would be written at once is gathered there instead.
+func (f *fanout) send(ctx context.Context, s *session, c *coalescer) {
 	b := f.frame
 	if f.badgeAdd != 0 {
 		n, err := f.g.deps.Store.AddBadge(ctx, s.appID, s.device, f.badgeAdd)
@@ -315,6 +427,17 @@ func (f *fanout) send(ctx context.Context, s *session) {
 			f.g.log.Error("encode push", "message_id", f.id, "err", err)
 			return
 		}
+	}
+	if c != nil && !f.normal {
+		i := f.coalesced
+		if f.badgeAdd != 0 {
+			i = c.frame(f.id, b) // this session's own frame
+		} else if i < 0 {
+			i = c.frame(f.id, b)
+			f.coalesced = i
+		}
+		c.add(s, i)
+		return
 	}
 	s.pushGroup(f.id, b, f.normal)
 }
@@ -350,7 +473,7 @@ func (g *Gateway) pace(f *fanout, ss []*session, spread time.Duration) {
 				return
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-			f.send(ctx, s)
+			f.send(ctx, s, nil)
 			cancel()
 		}
 	}()
@@ -498,6 +621,36 @@ func (s *session) pushGroup(id string, b []byte, normal bool) {
 	s.noteSent(id)
 	s.mu.Unlock()
 	_ = s.write(b) // a failed write closes the session; the device replays on reconnect
+}
+
+// pushGroups writes plain group pushes to the device in one write, or
+// holds them while the CONNECT replay runs. buf is scratch space for
+// joining their frames; it is returned for reuse.
+func (s *session) pushGroups(qs []queuedPush, buf []byte) []byte {
+	if len(qs) == 1 {
+		s.pushGroup(qs[0].id, qs[0].frame, false)
+		return buf
+	}
+	s.mu.Lock()
+	switch {
+	case s.closed:
+		s.mu.Unlock()
+		return buf
+	case s.replaying:
+		gs := s.group()
+		gs.held = append(gs.held, qs...)
+		s.mu.Unlock()
+		return buf
+	}
+	for _, q := range qs {
+		s.noteSent(q.id)
+	}
+	s.mu.Unlock()
+	for _, q := range qs {
+		buf = append(buf, q.frame...)
+	}
+	_ = s.write(buf) // a failed write closes the session; the device replays on reconnect
+	return buf
 }
 
 // dropQueued removes queued copies of a recalled message.

@@ -215,23 +215,35 @@ func (s *RPCServer) Drain(ctx context.Context, req *internalv1.DrainRequest) (*i
 	return &internalv1.DrainResponse{}, nil
 }
 
-// Broadcast fans a group message (or its recall) out to this node's
-// matching sessions. A request for another node id matches nothing: the
-// caller's view of the cluster is stale, and that node's devices replay
-// the message from the topic log when they reconnect.
+// Broadcast fans group messages (or their recalls) out to this node's
+// matching sessions: the request's envelope, if set, then its envelopes,
+// in order (Gateway.BroadcastBatch). A request for another node id matches
+// nothing: the caller's view of the cluster is stale, and that node's
+// devices replay the messages from the topic log when they reconnect.
 func (s *RPCServer) Broadcast(ctx context.Context, req *internalv1.BroadcastRequest) (*internalv1.BroadcastResponse, error) {
+	envs := req.GetEnvelopes()
+	single := req.GetEnvelope() != nil
+	if single {
+		envs = append([]*internalv1.Envelope{req.GetEnvelope()}, envs...)
+	}
 	if req.GetNode() != s.g.NodeID() {
 		s.log.Warn("broadcast for another node", "to_node", req.GetNode())
-		return &internalv1.BroadcastResponse{}, nil
+		return &internalv1.BroadcastResponse{MatchedEach: make([]int64, len(envs))}, nil
 	}
-	if req.GetEnvelope().GetAudience() == nil || req.GetEnvelope().GetPush().GetMessageId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "broadcast needs an envelope with an audience and a message id")
+	for _, env := range envs {
+		if env.GetAudience() == nil || env.GetPush().GetMessageId() == "" || env.GetAppId() == "" {
+			return nil, status.Error(codes.InvalidArgument, "broadcast needs envelopes with an app, an audience and a message id")
+		}
 	}
-	n, err := s.g.Broadcast(ctx, req.GetEnvelope())
+	n, err := s.g.BroadcastBatch(ctx, envs)
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
-	return &internalv1.BroadcastResponse{Matched: n}, nil
+	resp := &internalv1.BroadcastResponse{MatchedEach: n}
+	if single {
+		resp.Matched = n[0]
+	}
+	return resp, nil
 }
 
 // Refresh reloads the device's platform, tags and topics into its

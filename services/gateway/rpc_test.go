@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -71,6 +72,13 @@ func startEnv(tb testing.TB, io string) *rpcEnv {
 // timeouts set here), its gRPC server and a client of it.
 func startEnvWith(tb testing.TB, cfg Config) *rpcEnv {
 	tb.Helper()
+	return startEnvMetered(tb, cfg, nil)
+}
+
+// startEnvMetered is startEnvWith with the gateway's metrics recorded on
+// meter (nil: none).
+func startEnvMetered(tb testing.TB, cfg Config, meter metric.Meter) *rpcEnv {
+	tb.Helper()
 	log := rpcLogger(tb)
 	db, err := pebbledb.Open(tb.TempDir(), log)
 	if err != nil {
@@ -87,7 +95,7 @@ func startEnvWith(tb testing.TB, cfg Config) *rpcEnv {
 	if cfg.AckTimeout == 0 {
 		cfg.AckTimeout = 2 * time.Second
 	}
-	gw, err := New(cfg, Deps{Registry: st, Inbox: st, Status: st, Routes: routes, Log: lg, Receipts: rc}, log)
+	gw, err := New(cfg, Deps{Registry: st, Inbox: st, Status: st, Routes: routes, Log: lg, Receipts: rc, Meter: meter}, log)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -282,27 +282,34 @@ func (c *Client) Nodes() []string {
 	return out
 }
 
-// Broadcast hands the node a group message (or its recall) and returns the
-// sessions it matched. A node that is no longer registered matches nothing
-// (nil error: it left, and its devices replay the message from the topic
-// log when they reconnect elsewhere); an unreachable one is an error
-// wrapping herald.ErrUnavailable, for the caller to retry.
-func (c *Client) Broadcast(ctx context.Context, node string, env *internalv1.Envelope) (int64, error) {
+// Broadcast hands the node group messages (and recalls) in log order and
+// returns the sessions each matched; the node writes the plain pushes of
+// the whole call to each session at once. A node that is no longer
+// registered matches nothing (nil error: it left, and its devices replay
+// the messages from the topic log when they reconnect elsewhere); an
+// unreachable one is an error wrapping herald.ErrUnavailable, for the
+// caller to retry.
+func (c *Client) Broadcast(ctx context.Context, node string, envs []*internalv1.Envelope) ([]int64, error) {
 	nc, err := c.conn(node)
 	if errors.Is(err, errUnknownNode) {
 		c.log.Debug("broadcast for a gateway that left", "node", node)
-		return 0, nil
+		return make([]int64, len(envs)), nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("gatewayrpc: broadcast on %s: %w: %w", node, herald.ErrUnavailable, err)
+		return nil, fmt.Errorf("gatewayrpc: broadcast on %s: %w: %w", node, herald.ErrUnavailable, err)
 	}
 	ctx, cancel := c.withDeadline(ctx)
 	defer cancel()
-	resp, err := nc.node.Broadcast(ctx, &internalv1.BroadcastRequest{Node: node, Envelope: env})
+	resp, err := nc.node.Broadcast(ctx, &internalv1.BroadcastRequest{Node: node, Envelopes: envs})
 	if err != nil {
-		return 0, fmt.Errorf("gatewayrpc: broadcast on %s: %w: %w", node, herald.ErrUnavailable, err)
+		return nil, fmt.Errorf("gatewayrpc: broadcast on %s: %w: %w", node, herald.ErrUnavailable, err)
 	}
-	return resp.GetMatched(), nil
+	out := resp.GetMatchedEach()
+	if len(out) != len(envs) {
+		// A broken or mismatched gateway: no answer to trust.
+		return nil, fmt.Errorf("gatewayrpc: broadcast on %s: %w: %d answers for %d messages", node, herald.ErrUnavailable, len(out), len(envs))
+	}
+	return out, nil
 }
 
 // Drain asks the node to push the device's inbox to session connID (lazy:

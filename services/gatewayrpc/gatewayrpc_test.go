@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -400,8 +401,8 @@ func TestNodesBroadcastRefresh(t *testing.T) {
 		return &internalv1.Envelope{AppId: "app", Audience: vip, ExpiresAtMs: time.Now().Add(time.Hour).UnixMilli(),
 			Push: &devicev1.Push{MessageId: id, Kind: devicev1.Kind_KIND_DATA, Data: map[string]string{"id": id}}}
 	}
-	if n, err := c.client.Broadcast(ctx, "gw-1", env("01G1")); err != nil || n != 0 {
-		t.Fatalf("Broadcast before the tag: %d %v, want 0 matched", n, err)
+	if n, err := c.client.Broadcast(ctx, "gw-1", []*internalv1.Envelope{env("01G1")}); err != nil || !slices.Equal(n, []int64{0}) {
+		t.Fatalf("Broadcast before the tag: %v %v, want 0 matched", n, err)
 	}
 	if _, err := c.store.UpdateTags(ctx, "app", "dev-1", []string{"vip"}, nil); err != nil {
 		t.Fatal(err)
@@ -412,17 +413,23 @@ func TestNodesBroadcastRefresh(t *testing.T) {
 	if err := c.client.Refresh(ctx, "app", "dev-nobody"); err != nil {
 		t.Fatalf("Refresh without a route: %v", err)
 	}
-	if n, err := c.client.Broadcast(ctx, "gw-1", env("01G2")); err != nil || n != 1 {
-		t.Fatalf("Broadcast after Refresh: %d %v, want 1 matched", n, err)
+	if n, err := c.client.Broadcast(ctx, "gw-1", []*internalv1.Envelope{env("01G2")}); err != nil || !slices.Equal(n, []int64{1}) {
+		t.Fatalf("Broadcast after Refresh: %v %v, want 1 matched", n, err)
 	}
 	if got := d.receive(t, 1); !got["01G2"] {
 		t.Fatalf("received %v", got)
 	}
-	if n, err := c.client.Broadcast(ctx, "gw-gone", env("01G3")); err != nil || n != 0 {
-		t.Fatalf("Broadcast to a node that left: %d %v, want 0 and no error", n, err)
+	if n, err := c.client.Broadcast(ctx, "gw-1", []*internalv1.Envelope{env("01G5"), env("01G6")}); err != nil || !slices.Equal(n, []int64{1, 1}) {
+		t.Fatalf("Broadcast of two messages: %v %v, want 1 matched each", n, err)
+	}
+	if got := d.receive(t, 2); !got["01G5"] || !got["01G6"] {
+		t.Fatalf("received %v", got)
+	}
+	if n, err := c.client.Broadcast(ctx, "gw-gone", []*internalv1.Envelope{env("01G3")}); err != nil || !slices.Equal(n, []int64{0}) {
+		t.Fatalf("Broadcast to a node that left: %v %v, want 0 and no error", n, err)
 	}
 	c.register(t, "gw-dead", "127.0.0.1:1")
-	if _, err := c.client.Broadcast(ctx, "gw-dead", env("01G4")); !errors.Is(err, herald.ErrUnavailable) {
+	if _, err := c.client.Broadcast(ctx, "gw-dead", []*internalv1.Envelope{env("01G4")}); !errors.Is(err, herald.ErrUnavailable) {
 		t.Fatalf("Broadcast to an unreachable node: %v, want ErrUnavailable", err)
 	}
 }

@@ -447,9 +447,13 @@ func (*KickResponse) Descriptor() ([]byte, []int) {
 }
 
 type BroadcastRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	Envelope      *Envelope              `protobuf:"bytes,2,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// One group message (older callers). Handled before envelopes when both
+	// are set.
+	Envelope *Envelope `protobuf:"bytes,2,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	// Group messages (and recalls) in push-log order.
+	Envelopes     []*Envelope `protobuf:"bytes,3,rep,name=envelopes,proto3" json:"envelopes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -498,10 +502,21 @@ func (x *BroadcastRequest) GetEnvelope() *Envelope {
 	return nil
 }
 
+func (x *BroadcastRequest) GetEnvelopes() []*Envelope {
+	if x != nil {
+		return x.Envelopes
+	}
+	return nil
+}
+
 type BroadcastResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Sessions matched on this node (queued or written).
-	Matched       int64 `protobuf:"varint,1,opt,name=matched,proto3" json:"matched,omitempty"`
+	// Sessions matched on this node (queued or written) by envelope, the
+	// single one of the request; 0 when it had none.
+	Matched int64 `protobuf:"varint,1,opt,name=matched,proto3" json:"matched,omitempty"`
+	// Sessions matched on this node by each message of the request: envelope
+	// (if set) first, then envelopes, in request order.
+	MatchedEach   []int64 `protobuf:"varint,2,rep,packed,name=matched_each,json=matchedEach,proto3" json:"matched_each,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -541,6 +556,13 @@ func (x *BroadcastResponse) GetMatched() int64 {
 		return x.Matched
 	}
 	return 0
+}
+
+func (x *BroadcastResponse) GetMatchedEach() []int64 {
+	if x != nil {
+		return x.MatchedEach
+	}
+	return nil
 }
 
 type RefreshRequest struct {
@@ -665,12 +687,14 @@ const file_herald_internal_v1_gateway_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x15\n" +
 	"\x06app_id\x18\x02 \x01(\tR\x05appId\x12\x1b\n" +
 	"\tdevice_id\x18\x03 \x01(\tR\bdeviceId\"\x0e\n" +
-	"\fKickResponse\"`\n" +
+	"\fKickResponse\"\x9c\x01\n" +
 	"\x10BroadcastRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x128\n" +
-	"\benvelope\x18\x02 \x01(\v2\x1c.herald.internal.v1.EnvelopeR\benvelope\"-\n" +
+	"\benvelope\x18\x02 \x01(\v2\x1c.herald.internal.v1.EnvelopeR\benvelope\x12:\n" +
+	"\tenvelopes\x18\x03 \x03(\v2\x1c.herald.internal.v1.EnvelopeR\tenvelopes\"P\n" +
 	"\x11BroadcastResponse\x12\x18\n" +
-	"\amatched\x18\x01 \x01(\x03R\amatched\"X\n" +
+	"\amatched\x18\x01 \x01(\x03R\amatched\x12!\n" +
+	"\fmatched_each\x18\x02 \x03(\x03R\vmatchedEach\"X\n" +
 	"\x0eRefreshRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x15\n" +
 	"\x06app_id\x18\x02 \x01(\tR\x05appId\x12\x1b\n" +
@@ -722,21 +746,22 @@ var file_herald_internal_v1_gateway_proto_depIdxs = []int32{
 	1,  // 1: herald.internal.v1.DeliverRequest.deliveries:type_name -> herald.internal.v1.Delivery
 	0,  // 2: herald.internal.v1.DeliverResponse.outcomes:type_name -> herald.internal.v1.Outcome
 	12, // 3: herald.internal.v1.BroadcastRequest.envelope:type_name -> herald.internal.v1.Envelope
-	2,  // 4: herald.internal.v1.GatewayNode.Deliver:input_type -> herald.internal.v1.DeliverRequest
-	4,  // 5: herald.internal.v1.GatewayNode.Drain:input_type -> herald.internal.v1.DrainRequest
-	6,  // 6: herald.internal.v1.GatewayNode.Kick:input_type -> herald.internal.v1.KickRequest
-	8,  // 7: herald.internal.v1.GatewayNode.Broadcast:input_type -> herald.internal.v1.BroadcastRequest
-	10, // 8: herald.internal.v1.GatewayNode.Refresh:input_type -> herald.internal.v1.RefreshRequest
-	3,  // 9: herald.internal.v1.GatewayNode.Deliver:output_type -> herald.internal.v1.DeliverResponse
-	5,  // 10: herald.internal.v1.GatewayNode.Drain:output_type -> herald.internal.v1.DrainResponse
-	7,  // 11: herald.internal.v1.GatewayNode.Kick:output_type -> herald.internal.v1.KickResponse
-	9,  // 12: herald.internal.v1.GatewayNode.Broadcast:output_type -> herald.internal.v1.BroadcastResponse
-	11, // 13: herald.internal.v1.GatewayNode.Refresh:output_type -> herald.internal.v1.RefreshResponse
-	9,  // [9:14] is the sub-list for method output_type
-	4,  // [4:9] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	12, // 4: herald.internal.v1.BroadcastRequest.envelopes:type_name -> herald.internal.v1.Envelope
+	2,  // 5: herald.internal.v1.GatewayNode.Deliver:input_type -> herald.internal.v1.DeliverRequest
+	4,  // 6: herald.internal.v1.GatewayNode.Drain:input_type -> herald.internal.v1.DrainRequest
+	6,  // 7: herald.internal.v1.GatewayNode.Kick:input_type -> herald.internal.v1.KickRequest
+	8,  // 8: herald.internal.v1.GatewayNode.Broadcast:input_type -> herald.internal.v1.BroadcastRequest
+	10, // 9: herald.internal.v1.GatewayNode.Refresh:input_type -> herald.internal.v1.RefreshRequest
+	3,  // 10: herald.internal.v1.GatewayNode.Deliver:output_type -> herald.internal.v1.DeliverResponse
+	5,  // 11: herald.internal.v1.GatewayNode.Drain:output_type -> herald.internal.v1.DrainResponse
+	7,  // 12: herald.internal.v1.GatewayNode.Kick:output_type -> herald.internal.v1.KickResponse
+	9,  // 13: herald.internal.v1.GatewayNode.Broadcast:output_type -> herald.internal.v1.BroadcastResponse
+	11, // 14: herald.internal.v1.GatewayNode.Refresh:output_type -> herald.internal.v1.RefreshResponse
+	10, // [10:15] is the sub-list for method output_type
+	5,  // [5:10] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_herald_internal_v1_gateway_proto_init() }

@@ -47,10 +47,12 @@ type GatewayNodeClient interface {
 	// Kick closes the device's session, if this gateway holds one (close
 	// code 4006: the device was deleted).
 	Kick(ctx context.Context, in *KickRequest, opts ...grpc.CallOption) (*KickResponse, error)
-	// Broadcast pushes a group message to every matching session of this
+	// Broadcast pushes group messages to every matching session of this
 	// node (paced over spread_over_ms, deferred for normal priority), or with
-	// recall set drops the queued copies of that message. It returns once the
-	// fan-out is queued, not when devices ack.
+	// recall set drops the queued copies of that message. The messages of one
+	// request are handled in order, and the plain pushes (high priority, not
+	// paced) one session gets from them go out in one write. It returns once
+	// the fan-out is queued, not when devices ack.
 	Broadcast(ctx context.Context, in *BroadcastRequest, opts ...grpc.CallOption) (*BroadcastResponse, error)
 	// Refresh reloads the device's tags, topics and platform into its
 	// session, if this node holds one (the api changed them).
@@ -130,10 +132,12 @@ type GatewayNodeServer interface {
 	// Kick closes the device's session, if this gateway holds one (close
 	// code 4006: the device was deleted).
 	Kick(context.Context, *KickRequest) (*KickResponse, error)
-	// Broadcast pushes a group message to every matching session of this
+	// Broadcast pushes group messages to every matching session of this
 	// node (paced over spread_over_ms, deferred for normal priority), or with
-	// recall set drops the queued copies of that message. It returns once the
-	// fan-out is queued, not when devices ack.
+	// recall set drops the queued copies of that message. The messages of one
+	// request are handled in order, and the plain pushes (high priority, not
+	// paced) one session gets from them go out in one write. It returns once
+	// the fan-out is queued, not when devices ack.
 	Broadcast(context.Context, *BroadcastRequest) (*BroadcastResponse, error)
 	// Refresh reloads the device's tags, topics and platform into its
 	// session, if this node holds one (the api changed them).
