@@ -61,6 +61,10 @@ type Registry interface {
 	// DevicesByAlias returns up to limit device ids with this alias
 	// (PutDevice maintains the alias index; "" matches nothing).
 	DevicesByAlias(ctx context.Context, appID, alias string, limit int) ([]string, error)
+	// SetAlias sets (or, with "", clears) the device's alias, changing
+	// nothing else of it, and returns it. The alias index follows.
+	// herald.ErrDeviceNotFound if absent.
+	SetAlias(ctx context.Context, appID, deviceID, alias string) (Device, error)
 	// UpdateTags adds then removes tags on the device and returns it.
 	// herald.ErrDeviceNotFound if absent.
 	UpdateTags(ctx context.Context, appID, deviceID string, add, remove []string) (Device, error)

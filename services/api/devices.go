@@ -127,10 +127,13 @@ func (s *service) SetAlias(ctx context.Context, app store.App, deviceID, alias s
 		return deviceView{}, err
 	}
 	if d.Alias != alias {
-		d.Alias = alias
-		d.UpdatedAt = s.now().UTC()
-		if err := s.store.PutDevice(ctx, d); err != nil {
-			return deviceView{}, fmt.Errorf("store device: %w", err)
+		// Only the alias changes: a tag or topic change racing this one
+		// is not overwritten.
+		if d, err = s.store.SetAlias(ctx, app.ID, deviceID, alias); err != nil {
+			if errors.Is(err, herald.ErrDeviceNotFound) {
+				return deviceView{}, fmt.Errorf("%w: %q", herald.ErrDeviceNotFound, deviceID)
+			}
+			return deviceView{}, fmt.Errorf("set alias: %w", err)
 		}
 		s.refresh(ctx, app.ID, d.ID)
 	}

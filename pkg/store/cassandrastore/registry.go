@@ -35,6 +35,7 @@ const (
 	cqlUpdateTags   = `UPDATE devices SET tags = tags + ?, tags = tags - ? WHERE app_id = ? AND device_id = ? IF EXISTS`
 	cqlUpdateTopics = `UPDATE devices SET topics = topics + ?, topics = topics - ? WHERE app_id = ? AND device_id = ? IF EXISTS`
 	cqlInsertAlias  = `INSERT INTO device_aliases (app_id, alias, device_id) VALUES (?, ?, ?)`
+	cqlSetAlias     = `UPDATE devices SET alias = ? WHERE app_id = ? AND device_id = ? IF EXISTS`
 	cqlDeleteAlias  = `DELETE FROM device_aliases WHERE app_id = ? AND alias = ? AND device_id = ?`
 	cqlAliasDevices = `SELECT device_id FROM device_aliases WHERE app_id = ? AND alias = ? AND device_id > ? LIMIT ?`
 	cqlInsertTopic  = `INSERT INTO app_topics (app_id, topic) VALUES (?, ?)`
@@ -343,6 +344,51 @@ func (s *Store) UpdateTags(ctx context.Context, appID, deviceID string, add, rem
 	d, err := s.updateSet(ctx, cqlUpdateTags, appID, deviceID, add, remove)
 	if err != nil {
 		return store.Device{}, wrap("update tags "+appID+"/"+deviceID, err)
+	}
+	return d, nil
+}
+
+// SetAlias sets the device's alias and nothing else of it (a conditional
+// update, so a tag change at the same moment is not lost), keeping the
+// alias index in step: the new index row is written before the device
+// and the old one removed after, so a crash in between leaves at most a
+// stale row, which DevicesByAlias checks against the device.
+func (s *Store) SetAlias(ctx context.Context, appID, deviceID, alias string) (store.Device, error) {
+	if err := s.enter(ctx); err != nil {
+		return store.Device{}, err
+	}
+	op := "set alias " + appID + "/" + deviceID
+	var old string
+	found, err := s.scan(ctx, s.session.Query(cqlSelectAlias, appID, deviceID).Idempotent(true), &old)
+	if err != nil {
+		return store.Device{}, fail(op, err)
+	}
+	if !found {
+		return store.Device{}, fmt.Errorf("cassandrastore: %s: %w", op, herald.ErrDeviceNotFound)
+	}
+	if alias != "" && alias != old {
+		if err := s.exec(ctx, s.session.Query(cqlInsertAlias, appID, alias, deviceID).Idempotent(true)); err != nil {
+			return store.Device{}, fail(op, err)
+		}
+	}
+	applied, err := s.scanCAS(ctx, s.session.Query(cqlSetAlias, alias, appID, deviceID), map[string]any{})
+	if err != nil {
+		return store.Device{}, fail(op, err)
+	}
+	if !applied {
+		return store.Device{}, fmt.Errorf("cassandrastore: %s: %w", op, herald.ErrDeviceNotFound)
+	}
+	if old != "" && old != alias {
+		if err := s.exec(ctx, s.session.Query(cqlDeleteAlias, appID, old, deviceID).Idempotent(true)); err != nil {
+			return store.Device{}, fail(op, err)
+		}
+	}
+	d, found, err := s.device(ctx, appID, deviceID)
+	if err != nil {
+		return store.Device{}, fail(op, err)
+	}
+	if !found {
+		return store.Device{}, fmt.Errorf("cassandrastore: %s: %w", op, herald.ErrDeviceNotFound)
 	}
 	return d, nil
 }

@@ -99,6 +99,17 @@ func (s *Store) UpdateTags(ctx context.Context, appID, deviceID string, add, rem
 	return d, nil
 }
 
+// SetAlias sets the device's alias (the index follows) and returns it.
+func (s *Store) SetAlias(ctx context.Context, appID, deviceID, alias string) (store.Device, error) {
+	d, err := s.updateDevice(ctx, appID, deviceID, func(r *deviceRecord) {
+		r.Alias = alias
+	})
+	if err != nil {
+		return store.Device{}, fmt.Errorf("pebblestore: set alias: %w", err)
+	}
+	return d, nil
+}
+
 // UpdateTopics subscribes then unsubscribes and returns the device; every
 // subscribed topic becomes known to the app.
 func (s *Store) UpdateTopics(ctx context.Context, appID, deviceID string, subscribe, unsubscribe []string) (store.Device, error) {

@@ -1,6 +1,8 @@
 package storetest
 
 import (
+	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -186,6 +188,54 @@ func testAliasIndex(t *testing.T, open func(*testing.T) store.Store) {
 	mustNoErr(t, err, "DevicesByAlias(other app)")
 	if len(other) != 0 {
 		t.Errorf("DevicesByAlias of another app = %v, want none", other)
+	}
+}
+
+func testSetAlias(t *testing.T, open func(*testing.T) store.Store) {
+	s := open(t)
+	app, dev := uniq("app"), uniq("dev")
+	putDevice(t, s, store.Device{AppID: app, ID: dev, Platform: "ios", Alias: "alice", Tags: []string{"vip"}, Topics: []string{"news"}, TokenHash: []byte("h")})
+	d, err := s.SetAlias(t.Context(), app, dev, "bob")
+	mustNoErr(t, err, "SetAlias")
+	if d.Alias != "bob" || !slices.Equal(d.Tags, []string{"vip"}) || !slices.Equal(d.Topics, []string{"news"}) || d.Platform != "ios" || string(d.TokenHash) != "h" {
+		t.Fatalf("after SetAlias(bob) the device is %+v, want alias bob and everything else kept", d)
+	}
+	for alias, want := range map[string][]string{"alice": nil, "bob": {dev}} {
+		got, err := s.DevicesByAlias(t.Context(), app, alias, 10)
+		mustNoErr(t, err, "DevicesByAlias")
+		if !slices.Equal(got, want) {
+			t.Fatalf("DevicesByAlias(%q) = %v, want %v", alias, got, want)
+		}
+	}
+	// Alias and tag changes at the same moment both survive (an alias
+	// change is not a read-modify-write of the whole device).
+	concurrently(t, 16, func(i int) error {
+		if i%2 == 0 {
+			_, err := s.SetAlias(t.Context(), app, dev, fmt.Sprintf("user-%d", i))
+			return err
+		}
+		_, err := s.UpdateTags(t.Context(), app, dev, []string{fmt.Sprintf("t%d", i)}, nil)
+		return err
+	})
+	d = getDevice(t, s, app, dev)
+	for i := 1; i < 16; i += 2 {
+		if !slices.Contains(d.Tags, fmt.Sprintf("t%d", i)) {
+			t.Fatalf("tag t%d lost to a concurrent SetAlias: tags %v", i, d.Tags)
+		}
+	}
+	got, err := s.DevicesByAlias(t.Context(), app, d.Alias, 10)
+	mustNoErr(t, err, "DevicesByAlias")
+	if !slices.Equal(got, []string{dev}) {
+		t.Fatalf("DevicesByAlias(%q), the alias the device ended with = %v, want [%s]", d.Alias, got, dev)
+	}
+	if _, err := s.SetAlias(t.Context(), app, dev, ""); err != nil {
+		t.Fatal(err)
+	}
+	if d = getDevice(t, s, app, dev); d.Alias != "" {
+		t.Fatalf("alias after clearing = %q", d.Alias)
+	}
+	if _, err := s.SetAlias(t.Context(), app, uniq("ghost"), "x"); !errors.Is(err, herald.ErrDeviceNotFound) {
+		t.Fatalf("SetAlias of an absent device: %v, want ErrDeviceNotFound", err)
 	}
 }
 

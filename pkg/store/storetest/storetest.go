@@ -50,6 +50,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"AppSettings", testAppSettings},
 		{"DeviceTagsTopics", testDeviceTagsTopics},
 		{"AliasIndex", testAliasIndex},
+		{"SetAlias", testSetAlias},
 		{"UpdateTags", testUpdateTags},
 		{"UpdateTopics", testUpdateTopics},
 		{"Badges", testBadges},
