@@ -2,7 +2,6 @@ package dispatcher_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"log/slog"
 	"slices"
@@ -15,7 +14,6 @@ import (
 	"github.com/heraldpush/herald/api/devicev1"
 	"github.com/heraldpush/herald/pkg/envelope/internalv1"
 	"github.com/heraldpush/herald/pkg/ids"
-	"github.com/heraldpush/herald/pkg/pebbledb"
 	"github.com/heraldpush/herald/pkg/pushlog"
 	"github.com/heraldpush/herald/pkg/pushlog/pebblelog"
 	"github.com/heraldpush/herald/pkg/receipt"
@@ -26,6 +24,7 @@ import (
 	herald "github.com/heraldpush/herald/sdk/go"
 	"github.com/heraldpush/herald/services/dispatcher"
 	"github.com/heraldpush/herald/services/gateway"
+	"github.com/heraldpush/herald/services/gateway/gatewaytest"
 )
 
 const (
@@ -37,6 +36,7 @@ const (
 // log, the in-memory routing table, one gateway, the receipt emitter and
 // (once started) a dispatcher.
 type env struct {
+	gwEnv    *gatewaytest.Env
 	st       *pebblestore.Store
 	log      *pebblelog.Log
 	routes   *memroute.Table
@@ -48,69 +48,18 @@ type env struct {
 }
 
 func logger(tb testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelError}))
-}
-
-// run runs fn until the test ends.
-func run(tb testing.TB, name string, fn func(context.Context) error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- fn(ctx) }()
-	tb.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil && !errors.Is(err, context.Canceled) {
-				tb.Errorf("%s: %v", name, err)
-			}
-		case <-time.After(wait):
-			tb.Errorf("%s did not stop", name)
-		}
-	})
+	return gatewaytest.Logger(tb, slog.LevelError)
 }
 
 func newEnv(tb testing.TB, gcfg gateway.Config) *env {
 	tb.Helper()
-	lg := logger(tb)
-	db, err := pebbledb.Open(tb.TempDir(), lg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	st := pebblestore.New(db, pebblestore.Options{}, lg)
-	l, err := pebblelog.New(db, pebblelog.Options{Partitions: 2}, lg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		_ = l.Close()
-		_ = st.Close()
-		_ = db.Close()
+	gcfg.IO = gateway.IOGoroutine
+	g := gatewaytest.Start(tb, gatewaytest.Options{
+		Config: gcfg, Partitions: 2, RunReceipts: true,
+		App: store.App{ID: appID, Name: "test", Key: "key-" + appID, Secret: "secret"},
 	})
-	e := &env{st: st, log: l, routes: memroute.New(), ids: ids.New(time.Now),
-		app: store.App{ID: appID, Name: "test", Key: "key-" + appID, Secret: "secret"}}
-	e.receipts = receipt.NewEmitter(l, lg)
-	run(tb, "receipts", e.receipts.Run)
-	gcfg.Addr, gcfg.NodeID, gcfg.IO = "127.0.0.1:0", "gw-1", gateway.IOGoroutine
-	if gcfg.AckTimeout == 0 {
-		gcfg.AckTimeout = 2 * time.Second
-	}
-	gcfg.DrainTimeout = 100 * time.Millisecond
-	gw, err := gateway.New(gcfg, gateway.Deps{
-		Registry: st, Inbox: st, Status: st, Store: st, Routes: e.routes, Log: l, Receipts: e.receipts,
-	}, lg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	run(tb, "gateway", gw.Run)
-	select {
-	case <-gw.Ready():
-	case <-time.After(wait):
-		tb.Fatal("gateway not ready")
-	}
-	e.gw, e.dir = gw, gateway.NewDirectory(gw)
-	if err := st.CreateApp(tb.Context(), e.app); err != nil {
-		tb.Fatal(err)
-	}
+	e := &env{gwEnv: g, st: g.Store, log: g.Log, routes: g.Routes, gw: g.Gateway, dir: gateway.NewDirectory(g.Gateway),
+		receipts: g.Receipts, ids: ids.New(time.Now), app: g.RegisterApp(tb)}
 	return e
 }
 
@@ -127,7 +76,7 @@ func (e *env) startDispatcher(tb testing.TB, cfg dispatcher.Config, gws dispatch
 	if err != nil {
 		tb.Fatal(err)
 	}
-	run(tb, "dispatcher", d.Run)
+	gatewaytest.Run(tb, "dispatcher", d.Run)
 }
 
 // device is a registered device, connected with the SDK unless offline.
@@ -138,13 +87,8 @@ type device struct {
 
 func (e *env) register(tb testing.TB, id string, tags, topics []string) {
 	tb.Helper()
-	sum := sha256.Sum256([]byte("token-" + id))
 	now := time.Now()
-	if err := e.st.PutDevice(tb.Context(), store.Device{
-		AppID: appID, ID: id, Platform: "android", TokenHash: sum[:], CreatedAt: now.Add(-time.Hour), UpdatedAt: now,
-	}); err != nil {
-		tb.Fatal(err)
-	}
+	e.gwEnv.RegisterDevice(tb, store.Device{ID: id, CreatedAt: now.Add(-time.Hour), UpdatedAt: now})
 	if len(tags) > 0 {
 		if _, err := e.st.UpdateTags(tb.Context(), appID, id, tags, nil); err != nil {
 			tb.Fatal(err)
@@ -157,34 +101,27 @@ func (e *env) register(tb testing.TB, id string, tags, topics []string) {
 	}
 }
 
-// connect registers (unless already) and connects a device, and waits for its route.
+// connect registers (unless already) and connects a device, and waits for
+// its route. The device's session must last until the test ends.
 func (e *env) connect(tb testing.TB, id string, tags, topics []string) *device {
 	tb.Helper()
 	if _, err := e.st.Device(tb.Context(), appID, id); err != nil {
 		e.register(tb, id, tags, topics)
 	}
-	d := &device{id: id, msgs: make(chan herald.Message, 100)}
-	c, err := herald.New(herald.Config{
-		Addrs: []string{e.gw.Addr()}, AppKey: e.app.Key, DeviceID: id, Token: "token-" + id,
-		OnMessage: func(m herald.Message) { d.msgs <- m },
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	run(tb, "device "+id, func(ctx context.Context) error {
-		go func() { <-ctx.Done(); _ = c.Close() }()
-		err := c.Run(ctx)
-		if errors.Is(err, herald.ErrClosed) {
-			return nil
+	gd := e.gwEnv.Connect(tb, id, 100, nil)
+	tb.Cleanup(func() {
+		_ = gd.Client.Close()
+		select {
+		case err := <-gd.Done:
+			gd.Done <- err // for gatewaytest's cleanup
+			if err != nil && !errors.Is(err, herald.ErrClosed) && !errors.Is(err, context.Canceled) {
+				tb.Errorf("device %s: %v", id, err)
+			}
+		case <-time.After(wait):
+			tb.Errorf("device %s did not stop", id)
 		}
-		return err
 	})
-	key := route.Key(appID, id)
-	poll(tb, "route of "+id, func() bool {
-		got, err := e.routes.Lookup(tb.Context(), []string{key})
-		return err == nil && got[key].Node != ""
-	})
-	return d
+	return &device{id: id, msgs: gd.Msgs}
 }
 
 // expect waits for the device to receive exactly the ids, in any order,

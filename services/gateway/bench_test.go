@@ -153,14 +153,7 @@ func BenchmarkFanoutWrite(b *testing.B) {
 			sessions := make([]*session, 0, n)
 			for i := range n {
 				id := "fan-" + strconv.Itoa(i)
-				e.registerDevice(b, id)
-				d := dialRaw(b, e.gw.Addr())
-				d.send(b, connectFrame(b, id))
-				if f := d.next(b); f.Type != frame.TypeConnAck {
-					b.Fatalf("got %s, want CONNACK", f.Type)
-				}
-				_ = d.c.SetReadDeadline(time.Time{})
-				go readAll(d.c)
+				e.connectIdle(b, id)
 				s := e.gw.lookup("app-rpc/" + id)
 				if s == nil {
 					b.Fatal("no session")

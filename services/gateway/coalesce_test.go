@@ -11,7 +11,6 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/heraldpush/herald/api/devicev1"
-	"github.com/heraldpush/herald/api/frame"
 	"github.com/heraldpush/herald/pkg/envelope/internalv1"
 	"github.com/heraldpush/herald/pkg/receipt"
 )
@@ -214,14 +213,7 @@ func BenchmarkBroadcastBatch(b *testing.B) {
 				e := startEnv(b, model)
 				for i := range n {
 					id := "bb-" + strconv.Itoa(i)
-					e.registerDevice(b, id)
-					d := dialRaw(b, e.gw.Addr())
-					d.send(b, connectFrame(b, id))
-					if f := d.next(b); f.Type != frame.TypeConnAck {
-						b.Fatalf("got %s, want CONNACK", f.Type)
-					}
-					_ = d.c.SetReadDeadline(time.Time{})
-					go readAll(d.c)
+					e.connectIdle(b, id)
 				}
 				for i := range n {
 					e.settled(b, "bb-"+strconv.Itoa(i))

@@ -180,6 +180,20 @@ func TestIOModelUnknown(t *testing.T) {
 }
 
 // readAll drains c until it closes; for bench clients.
+// connectIdle registers a device and connects it as a raw device whose
+// frames are read and discarded from then on.
+func (e *rpcEnv) connectIdle(tb testing.TB, deviceID string) {
+	tb.Helper()
+	e.registerDevice(tb, deviceID)
+	d := dialRaw(tb, e.gw.Addr())
+	d.send(tb, connectFrame(tb, deviceID))
+	if f := d.next(tb); f.Type != frame.TypeConnAck {
+		tb.Fatalf("got %s, want CONNACK", f.Type)
+	}
+	_ = d.c.SetReadDeadline(time.Time{})
+	go readAll(d.c)
+}
+
 func readAll(c net.Conn) {
 	_, err := io.Copy(io.Discard, c)
 	if err != nil && !errors.Is(err, net.ErrClosed) {

@@ -2,9 +2,7 @@ package gateway
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
-	"log/slog"
 	"os"
 	"testing"
 	"time"
@@ -18,7 +16,6 @@ import (
 	"github.com/heraldpush/herald/api/devicev1"
 	"github.com/heraldpush/herald/api/frame"
 	"github.com/heraldpush/herald/pkg/envelope/internalv1"
-	"github.com/heraldpush/herald/pkg/pebbledb"
 	"github.com/heraldpush/herald/pkg/pushlog/pebblelog"
 	"github.com/heraldpush/herald/pkg/receipt"
 	"github.com/heraldpush/herald/pkg/route"
@@ -41,10 +38,7 @@ type rpcEnv struct {
 	routes   *memroute.Table
 	client   internalv1.GatewayNodeClient
 	health   healthpb.HealthClient
-}
-
-func rpcLogger(tb testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	h        HarnessEnv
 }
 
 // testIO is the I/O model the tests run the gateway with:
@@ -54,6 +48,37 @@ func testIO() string {
 		return io
 	}
 	return IOGoroutine
+}
+
+// Harness starts a gateway for these tests with the start-up of package
+// gatewaytest, which they cannot import (it imports this package):
+// harness_test.go (package gateway_test) sets it in TestMain. The gateway
+// is node "gw-rpc" with its gRPC server; the app is "app-rpc".
+var Harness func(tb testing.TB, cfg Config, meter metric.Meter) HarnessEnv
+
+// HarnessEnv is what Harness started.
+type HarnessEnv struct {
+	Gateway  *Gateway
+	RPC      *RPCServer
+	Store    *pebblestore.Store
+	Log      *pebblelog.Log
+	Receipts *receipt.Emitter
+	Routes   *memroute.Table
+	// RegisterDevice creates the app (once) and the device, whose token
+	// is "token-<id>".
+	RegisterDevice func(tb testing.TB, deviceID string) store.App
+	// Connect registers a device and connects it with the SDK; its
+	// messages go to onMessage (nil: to HarnessDevice.Msgs).
+	Connect func(tb testing.TB, deviceID string, onMessage func(herald.Message)) HarnessDevice
+}
+
+// HarnessDevice is a device Harness connected.
+type HarnessDevice struct {
+	Key    string
+	Route  route.Route
+	Msgs   chan herald.Message
+	Client *herald.Client
+	Done   chan error
 }
 
 func startRPCEnv(tb testing.TB) *rpcEnv {
@@ -69,7 +94,7 @@ func startEnv(tb testing.TB, io string) *rpcEnv {
 }
 
 // startEnvWith starts a gateway with cfg (node id, address, ack and drain
-// timeouts set here), its gRPC server and a client of it.
+// timeouts set by the harness), its gRPC server and a client of it.
 func startEnvWith(tb testing.TB, cfg Config) *rpcEnv {
 	tb.Helper()
 	return startEnvMetered(tb, cfg, nil)
@@ -79,66 +104,18 @@ func startEnvWith(tb testing.TB, cfg Config) *rpcEnv {
 // meter (nil: none).
 func startEnvMetered(tb testing.TB, cfg Config, meter metric.Meter) *rpcEnv {
 	tb.Helper()
-	log := rpcLogger(tb)
-	db, err := pebbledb.Open(tb.TempDir(), log)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	st := pebblestore.New(db, pebblestore.Options{}, log)
-	lg, err := pebblelog.New(db, pebblelog.Options{Partitions: 1}, log)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	routes := memroute.New()
-	rc := receipt.NewEmitter(lg, log)
-	cfg.Addr, cfg.NodeID, cfg.DrainTimeout = "127.0.0.1:0", "gw-rpc", 100*time.Millisecond
-	if cfg.AckTimeout == 0 {
-		cfg.AckTimeout = 2 * time.Second
-	}
-	gw, err := New(cfg, Deps{Registry: st, Inbox: st, Status: st, Routes: routes, Log: lg, Receipts: rc, Meter: meter}, log)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	srv := NewRPCServer(gw, RPCConfig{Addr: "127.0.0.1:0", GracePeriod: 5 * time.Second}, log)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	gwDone, srvDone := make(chan error, 1), make(chan error, 1)
-	go func() { gwDone <- gw.Run(ctx) }()
-	go func() { srvDone <- srv.Run(ctx) }()
-	tb.Cleanup(func() {
-		cancel()
-		for _, ch := range []chan error{srvDone, gwDone} {
-			select {
-			case err := <-ch:
-				if err != nil {
-					tb.Errorf("Run: %v", err)
-				}
-			case <-time.After(rpcWait):
-				tb.Error("Run did not return")
-			}
-		}
-		_ = lg.Close()
-		_ = st.Close()
-		_ = db.Close()
-	})
-	for _, ready := range []<-chan struct{}{gw.Ready(), srv.Ready()} {
-		select {
-		case <-ready:
-		case <-time.After(rpcWait):
-			tb.Fatal("not ready")
-		}
-	}
-	conn, err := grpc.NewClient(srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	h := Harness(tb, cfg, meter)
+	conn, err := grpc.NewClient(h.RPC.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { _ = conn.Close() })
-	return &rpcEnv{gw: gw, srv: srv, store: st, log: lg, receipts: rc, routes: routes,
-		client: internalv1.NewGatewayNodeClient(conn), health: healthpb.NewHealthClient(conn)}
+	return &rpcEnv{gw: h.Gateway, srv: h.RPC, store: h.Store, log: h.Log, receipts: h.Receipts, routes: h.Routes,
+		client: internalv1.NewGatewayNodeClient(conn), health: healthpb.NewHealthClient(conn), h: h}
 }
 
-// device registers a device and connects it with the SDK; it returns the
-// device's route and its received messages.
+// rpcDevice is a registered device connected with the SDK: its route and
+// its received messages.
 type rpcDevice struct {
 	key    string
 	route  route.Route
@@ -155,58 +132,15 @@ func (e *rpcEnv) connectDevice(tb testing.TB, deviceID string) *rpcDevice {
 // to rpcDevice.msgs).
 func (e *rpcEnv) connectDeviceWith(tb testing.TB, deviceID string, onMessage func(herald.Message)) *rpcDevice {
 	tb.Helper()
-	ctx := tb.Context()
-	app := e.registerDevice(tb, deviceID)
-	d := &rpcDevice{key: route.Key(app.ID, deviceID), msgs: make(chan herald.Message, 100), done: make(chan error, 1)}
-	if onMessage == nil {
-		onMessage = func(m herald.Message) { d.msgs <- m }
-	}
-	c, err := herald.New(herald.Config{
-		Addrs: []string{e.gw.Addr()}, AppKey: app.Key, DeviceID: deviceID, Token: "token-" + deviceID,
-		OnMessage: onMessage,
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	d.client = c
-	go func() { d.done <- c.Run(context.Background()) }()
-	tb.Cleanup(func() {
-		_ = c.Close()
-		<-d.done
-	})
-	deadline := time.Now().Add(rpcWait)
-	for {
-		got, err := e.routes.Lookup(ctx, []string{d.key})
-		if err != nil {
-			tb.Fatal(err)
-		}
-		if r, ok := got[d.key]; ok {
-			d.route = r
-			return d
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("device %s never bound a route", deviceID)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	d := e.h.Connect(tb, deviceID, onMessage)
+	return &rpcDevice{key: d.Key, route: d.Route, msgs: d.Msgs, client: d.Client, done: d.Done}
 }
 
 // registerDevice creates the test app (once) and the device, whose token
 // is "token-<id>".
 func (e *rpcEnv) registerDevice(tb testing.TB, deviceID string) store.App {
 	tb.Helper()
-	ctx := tb.Context()
-	app := store.App{ID: "app-rpc", Name: "rpc", Key: "key-rpc", Secret: "secret"}
-	if _, err := e.store.AppByID(ctx, app.ID); err != nil {
-		if err := e.store.CreateApp(ctx, app); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	sum := sha256.Sum256([]byte("token-" + deviceID))
-	if err := e.store.PutDevice(ctx, store.Device{AppID: app.ID, ID: deviceID, Platform: "android", TokenHash: sum[:], CreatedAt: time.Now(), UpdatedAt: time.Now()}); err != nil {
-		tb.Fatal(err)
-	}
-	return app
+	return e.h.RegisterDevice(tb, deviceID)
 }
 
 func envelope(deviceID, msgID string) *internalv1.Envelope {

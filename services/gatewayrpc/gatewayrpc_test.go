@@ -2,7 +2,6 @@ package gatewayrpc_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,16 +19,12 @@ import (
 	"github.com/heraldpush/herald/pkg/discovery"
 	"github.com/heraldpush/herald/pkg/envelope/internalv1"
 	"github.com/heraldpush/herald/pkg/etcdembed"
-	"github.com/heraldpush/herald/pkg/pebbledb"
-	"github.com/heraldpush/herald/pkg/pushlog/pebblelog"
 	"github.com/heraldpush/herald/pkg/route"
-	"github.com/heraldpush/herald/pkg/route/memroute"
 	"github.com/heraldpush/herald/pkg/store"
-	"github.com/heraldpush/herald/pkg/store/pebblestore"
 	sdk "github.com/heraldpush/herald/sdk/go"
 	"github.com/heraldpush/herald/services/api"
 	"github.com/heraldpush/herald/services/dispatcher"
-	"github.com/heraldpush/herald/services/gateway"
+	"github.com/heraldpush/herald/services/gateway/gatewaytest"
 	"github.com/heraldpush/herald/services/gatewayrpc"
 )
 
@@ -41,7 +36,7 @@ var (
 const waitFor = 10 * time.Second
 
 func testLogger(tb testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelError}))
+	return gatewaytest.Logger(tb, slog.LevelError)
 }
 
 // cluster is one real gateway node registered in a real (embedded) etcd,
@@ -49,10 +44,7 @@ func testLogger(tb testing.TB) *slog.Logger {
 type cluster struct {
 	etcd   *etcdembed.Server
 	set    *discovery.Set
-	store  *pebblestore.Store
-	routes *memroute.Table
-	gw     *gateway.Gateway
-	stopGW func() // stops the gateway node's processes (gRPC, devices)
+	gw     *gatewaytest.Env
 	client *gatewayrpc.Client
 }
 
@@ -64,55 +56,13 @@ func startCluster(tb testing.TB, opts gatewayrpc.Options) *cluster {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { _ = srv.Close() })
-	db, err := pebbledb.Open(tb.TempDir(), log)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	st := pebblestore.New(db, pebblestore.Options{}, log)
-	lg, err := pebblelog.New(db, pebblelog.Options{Partitions: 1}, log)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		_ = lg.Close()
-		_ = st.Close()
-		_ = db.Close()
+	gw := gatewaytest.Start(tb, gatewaytest.Options{
+		RPC: 2 * time.Second,
+		App: store.App{ID: "app", Name: "app", Key: "key", Secret: "secret"},
 	})
-	routes := memroute.New()
-	gw, err := gateway.New(gateway.Config{Addr: "127.0.0.1:0", NodeID: "gw-1", AckTimeout: 2 * time.Second, DrainTimeout: 100 * time.Millisecond},
-		gateway.Deps{Registry: st, Inbox: st, Status: st, Routes: routes, Log: lg}, log)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	rpc := gateway.NewRPCServer(gw, gateway.RPCConfig{Addr: "127.0.0.1:0", GracePeriod: 2 * time.Second}, log)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 2)
-	go func() { done <- gw.Run(ctx) }()
-	go func() { done <- rpc.Run(ctx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		for range 2 {
-			select {
-			case err := <-done:
-				if err != nil {
-					tb.Errorf("Run: %v", err)
-				}
-			case <-time.After(waitFor):
-				tb.Error("gateway did not stop")
-			}
-		}
-	}
-	tb.Cleanup(stop)
-	<-gw.Ready()
-	<-rpc.Ready()
 
 	reg, err := discovery.Register(tb.Context(), srv.Client(), discovery.Gateway{
-		Node: "gw-1", DeviceAddr: gw.Addr(), GRPCAddr: rpc.Addr(), Weight: 100,
+		Node: "gw-1", DeviceAddr: gw.Gateway.Addr(), GRPCAddr: gw.RPC.Addr(), Weight: 100,
 	}, 10*time.Second, log)
 	if err != nil {
 		tb.Fatal(err)
@@ -123,9 +73,9 @@ func startCluster(tb testing.TB, opts gatewayrpc.Options) *cluster {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(set.Close)
-	client := gatewayrpc.New(set, routes, opts, log)
+	client := gatewayrpc.New(set, gw.Routes, opts, log)
 	tb.Cleanup(func() { _ = client.Close() })
-	return &cluster{etcd: srv, set: set, store: st, routes: routes, gw: gw, stopGW: stop, client: client}
+	return &cluster{etcd: srv, set: set, gw: gw, client: client}
 }
 
 // register adds a gateway node to discovery (one that may not exist).
@@ -153,61 +103,19 @@ func (c *cluster) register(tb testing.TB, node, grpcAddr string) {
 	}
 }
 
-type device struct {
-	key   string
-	route route.Route
-	msgs  chan sdk.Message
-	done  chan error
-}
-
 // connect registers a device and connects it to the gateway with the SDK.
-func (c *cluster) connect(tb testing.TB, deviceID string) *device {
+func (c *cluster) connect(tb testing.TB, deviceID string) *gatewaytest.Device {
 	tb.Helper()
-	ctx := tb.Context()
-	app := store.App{ID: "app", Name: "app", Key: "key", Secret: "secret"}
-	if _, err := c.store.AppByID(ctx, app.ID); err != nil {
-		if err := c.store.CreateApp(ctx, app); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	sum := sha256.Sum256([]byte("token"))
-	if err := c.store.PutDevice(ctx, store.Device{AppID: app.ID, ID: deviceID, Platform: "android", TokenHash: sum[:]}); err != nil {
-		tb.Fatal(err)
-	}
-	d := &device{key: route.Key(app.ID, deviceID), msgs: make(chan sdk.Message, 1000), done: make(chan error, 1)}
-	cl, err := sdk.New(sdk.Config{Addrs: []string{c.gw.Addr()}, AppKey: app.Key, DeviceID: deviceID, Token: "token",
-		OnMessage: func(m sdk.Message) { d.msgs <- m }})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	go func() { d.done <- cl.Run(context.Background()) }()
-	tb.Cleanup(func() {
-		_ = cl.Close()
-		<-d.done
-	})
-	deadline := time.Now().Add(waitFor)
-	for {
-		got, err := c.routes.Lookup(ctx, []string{d.key})
-		if err != nil {
-			tb.Fatal(err)
-		}
-		if r, ok := got[d.key]; ok {
-			d.route = r
-			return d
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("%s never connected", deviceID)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	c.gw.RegisterDevice(tb, store.Device{ID: deviceID})
+	return c.gw.Connect(tb, deviceID, 1000, nil)
 }
 
-func (d *device) receive(tb testing.TB, n int) map[string]bool {
+func receive(tb testing.TB, d *gatewaytest.Device, n int) map[string]bool {
 	tb.Helper()
 	got := map[string]bool{}
 	for len(got) < n {
 		select {
-		case m := <-d.msgs:
+		case m := <-d.Msgs:
 			got[m.ID] = true
 		case <-time.After(waitFor):
 			tb.Fatalf("received %d of %d messages", len(got), n)
@@ -216,9 +124,9 @@ func (d *device) receive(tb testing.TB, n int) map[string]bool {
 	return got
 }
 
-func push(d *device, id string) delivery.Delivery {
-	return delivery.Delivery{Device: d.key, ConnID: d.route.ConnID, Envelope: &internalv1.Envelope{
-		AppId: "app", DeviceId: d.key[len("app/"):],
+func push(d *gatewaytest.Device, id string) delivery.Delivery {
+	return delivery.Delivery{Device: d.Key, ConnID: d.Route.ConnID, Envelope: &internalv1.Envelope{
+		AppId: "app", DeviceId: d.ID,
 		Push: &devicev1.Push{MessageId: id, Kind: devicev1.Kind_KIND_DATA, Data: map[string]string{"id": id}},
 	}}
 }
@@ -250,7 +158,7 @@ func TestDeliver(t *testing.T) {
 	if len(out) != len(ds) || out[0] != delivery.NotHere || !allAre(out[1:], delivery.Acked) {
 		t.Fatalf("outcomes %v, want not_here then 10 acked", out)
 	}
-	got := d.receive(t, 10)
+	got := receive(t, d, 10)
 	if got["01STALE"] {
 		t.Fatal("the stale session's message was delivered")
 	}
@@ -296,7 +204,7 @@ func TestDeliverWhenTheGatewayDies(t *testing.T) {
 	if out, _ := c.client.Deliver(ctx, "gw-1", []delivery.Delivery{push(d, "01A")}); !allAre(out, delivery.Acked) {
 		t.Fatalf("first delivery %v", out)
 	}
-	c.stopGW() // still registered (its lease lives on), but gone
+	c.gw.Stop() // still registered (its lease lives on), but gone
 	out, err := c.client.Deliver(ctx, "gw-1", []delivery.Delivery{push(d, "01B"), push(d, "01C")})
 	if err != nil || len(out) != 2 {
 		t.Fatalf("Deliver = %v, %v", out, err)
@@ -319,16 +227,16 @@ func TestDrain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.store.Put(t.Context(), "app", "dev-1", store.InboxEntry{MessageID: "01STORED", ExpiresAt: time.Now().Add(time.Hour), Body: body}); err != nil {
+	if _, err := c.gw.Store.Put(t.Context(), "app", "dev-1", store.InboxEntry{MessageID: "01STORED", ExpiresAt: time.Now().Add(time.Hour), Body: body}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.client.Drain(t.Context(), "gw-1", d.key, d.route.ConnID, false); err != nil {
+	if err := c.client.Drain(t.Context(), "gw-1", d.Key, d.Route.ConnID, false); err != nil {
 		t.Fatalf("Drain: %v", err)
 	}
-	if got := d.receive(t, 1); !got["01STORED"] {
+	if got := receive(t, d, 1); !got["01STORED"] {
 		t.Fatalf("received %v", got)
 	}
-	if err := c.client.Drain(t.Context(), "gw-never", d.key, 1, false); !errors.Is(err, herald.ErrUnavailable) {
+	if err := c.client.Drain(t.Context(), "gw-never", d.Key, 1, false); !errors.Is(err, herald.ErrUnavailable) {
 		t.Fatalf("Drain on an unknown node: %v, want ErrUnavailable", err)
 	}
 }
@@ -339,7 +247,7 @@ func TestKick(t *testing.T) {
 	if err := c.client.Kick(t.Context(), "app", "dev-nobody"); err != nil {
 		t.Fatalf("Kick without a route: %v", err)
 	}
-	if err := c.routes.Bind(t.Context(), "app/dev-elsewhere", route.Route{Node: "gw-gone", ConnID: 7}); err != nil {
+	if err := c.gw.Routes.Bind(t.Context(), "app/dev-elsewhere", route.Route{Node: "gw-gone", ConnID: 7}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.client.Kick(t.Context(), "app", "dev-elsewhere"); err != nil {
@@ -350,8 +258,8 @@ func TestKick(t *testing.T) {
 		t.Fatalf("Kick: %v", err)
 	}
 	select {
-	case err := <-d.done:
-		d.done <- err
+	case err := <-d.Done:
+		d.Done <- err
 		var ce *sdk.CloseError
 		if !errors.As(err, &ce) || ce.Code != frame.CodeDeviceDeleted {
 			t.Fatalf("device Run returned %v, want close code 4006", err)
@@ -404,7 +312,7 @@ func TestNodesBroadcastRefresh(t *testing.T) {
 	if n, err := c.client.Broadcast(ctx, "gw-1", []*internalv1.Envelope{env("01G1")}); err != nil || !slices.Equal(n, []int64{0}) {
 		t.Fatalf("Broadcast before the tag: %v %v, want 0 matched", n, err)
 	}
-	if _, err := c.store.UpdateTags(ctx, "app", "dev-1", []string{"vip"}, nil); err != nil {
+	if _, err := c.gw.Store.UpdateTags(ctx, "app", "dev-1", []string{"vip"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.client.Refresh(ctx, "app", "dev-1"); err != nil {
@@ -416,13 +324,13 @@ func TestNodesBroadcastRefresh(t *testing.T) {
 	if n, err := c.client.Broadcast(ctx, "gw-1", []*internalv1.Envelope{env("01G2")}); err != nil || !slices.Equal(n, []int64{1}) {
 		t.Fatalf("Broadcast after Refresh: %v %v, want 1 matched", n, err)
 	}
-	if got := d.receive(t, 1); !got["01G2"] {
+	if got := receive(t, d, 1); !got["01G2"] {
 		t.Fatalf("received %v", got)
 	}
 	if n, err := c.client.Broadcast(ctx, "gw-1", []*internalv1.Envelope{env("01G5"), env("01G6")}); err != nil || !slices.Equal(n, []int64{1, 1}) {
 		t.Fatalf("Broadcast of two messages: %v %v, want 1 matched each", n, err)
 	}
-	if got := d.receive(t, 2); !got["01G5"] || !got["01G6"] {
+	if got := receive(t, d, 2); !got["01G5"] || !got["01G6"] {
 		t.Fatalf("received %v", got)
 	}
 	if n, err := c.client.Broadcast(ctx, "gw-gone", []*internalv1.Envelope{env("01G3")}); err != nil || !slices.Equal(n, []int64{0}) {
@@ -442,14 +350,14 @@ func TestLazyDrain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.store.Put(t.Context(), "app", "dev-1", store.InboxEntry{MessageID: "01LAZY", ExpiresAt: time.Now().Add(time.Hour), Body: body}); err != nil {
+	if _, err := c.gw.Store.Put(t.Context(), "app", "dev-1", store.InboxEntry{MessageID: "01LAZY", ExpiresAt: time.Now().Add(time.Hour), Body: body}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.client.Drain(t.Context(), "gw-1", d.key, d.route.ConnID, true); err != nil {
+	if err := c.client.Drain(t.Context(), "gw-1", d.Key, d.Route.ConnID, true); err != nil {
 		t.Fatalf("Drain: %v", err)
 	}
 	select {
-	case m := <-d.msgs:
+	case m := <-d.Msgs:
 		t.Fatalf("a lazy drain pushed %s before the device was active", m.ID)
 	case <-time.After(300 * time.Millisecond):
 	}
