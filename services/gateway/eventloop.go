@@ -38,7 +38,18 @@ type eventLoop struct {
 	workers  sync.WaitGroup
 	sessions sync.WaitGroup // sessions whose cleanup has not run
 	handoffs [64]sync.Mutex
+	started  time.Time
 }
+
+// nbio's pollers clear their stop flag when their goroutine first runs, so
+// an Engine.Stop that lands before that is lost and Stop waits forever
+// (nbio v1.6.8, poller_epoll.go readWriteLoop). The gateway therefore never
+// stops its loops sooner than loopSettle after starting them, and gives up
+// waiting for them after loopStopWait, so a shutdown always ends.
+const (
+	loopSettle   = 100 * time.Millisecond
+	loopStopWait = 5 * time.Second
+)
 
 // jobKind is what a session's queue entry asks the worker to do.
 type jobKind uint8
@@ -90,6 +101,7 @@ func newEventLoop(ctx context.Context, g *Gateway) (*eventLoop, error) {
 	if err := l.eng.Start(); err != nil {
 		return nil, err
 	}
+	l.started = time.Now()
 	// Store calls block for milliseconds: enough workers to keep the store
 	// busy, few enough that a store outage cannot pile up goroutines.
 	n := max(16, 8*procs)
@@ -111,7 +123,17 @@ func (l *eventLoop) attach(c net.Conn) {
 // stop waits for every session's cleanup, then stops the loops and workers.
 func (l *eventLoop) stop() {
 	l.sessions.Wait()
-	l.eng.Stop()
+	time.Sleep(time.Until(l.started.Add(loopSettle)))
+	stopped := make(chan struct{})
+	go func() {
+		l.eng.Stop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(loopStopWait):
+		l.g.log.Error("event loops did not stop; leaving them", "waited", loopStopWait)
+	}
 	close(l.work)
 	l.workers.Wait()
 }
