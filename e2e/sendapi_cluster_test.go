@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -173,22 +172,7 @@ func TestClusterSendAPI(t *testing.T) {
 			grp + " delivered": idsOf(devs),
 			grp + " clicked":   idsOf(devs[:10]),
 		}
-		eventually(t, 60*time.Second, "the webhook got every receipt", func() (bool, string) {
-			hook.mu.Lock()
-			problems := slices.Clone(hook.problems)
-			hook.mu.Unlock()
-			if len(problems) > 0 {
-				t.Fatalf("webhook receiver: %d bad posts, e.g. %s", len(problems), problems[0])
-			}
-			for k, w := range want {
-				var id, event string
-				fmt.Sscan(k, &id, &event)
-				if got := hook.devices(id, event); !slices.Equal(got, w) {
-					return false, fmt.Sprintf("%s: %d devices, want %d", k, len(got), len(w))
-				}
-			}
-			return true, ""
-		})
+		hook.await(t, want, 60*time.Second)
 		api.waitStatus(t, ap, uni, 60*time.Second, "unicast counts", func(st fullStatus) bool {
 			return st.Counts.Targeted == 20 && st.Counts.Delivered == 20 && st.Counts.Clicked == 10
 		})

@@ -90,6 +90,28 @@ func (h *webhookReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // devices returns the sorted device ids of the receipts for a message's event.
+// await waits until the receiver has, for every "<message id> <event>" of
+// want, exactly those devices, failing at once on a badly signed post.
+func (h *webhookReceiver) await(t *testing.T, want map[string][]string, within time.Duration) {
+	t.Helper()
+	eventually(t, within, "the webhook got every receipt", func() (bool, string) {
+		h.mu.Lock()
+		problems := slices.Clone(h.problems)
+		h.mu.Unlock()
+		if len(problems) > 0 {
+			t.Fatalf("webhook receiver: %d bad posts, e.g. %s", len(problems), problems[0])
+		}
+		for k, w := range want {
+			var id, event string
+			fmt.Sscan(k, &id, &event)
+			if got := h.devices(id, event); !slices.Equal(got, w) {
+				return false, fmt.Sprintf("%s: devices %v, want %v", k, got, w)
+			}
+		}
+		return true, ""
+	})
+}
+
 func (h *webhookReceiver) devices(id, event string) []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -194,22 +216,7 @@ func TestReceiptsWebhookAndStats(t *testing.T) {
 			grp + " clicked":   idsOf(devs[:7]),
 			grp + " opened":    idsOf(devs[10:12]),
 		}
-		eventually(t, 30*time.Second, "the webhook got every receipt", func() (bool, string) {
-			hook.mu.Lock()
-			problems := slices.Clone(hook.problems)
-			hook.mu.Unlock()
-			if len(problems) > 0 {
-				t.Fatalf("webhook receiver: %d bad posts, e.g. %s", len(problems), problems[0])
-			}
-			for k, w := range want {
-				var id, event string
-				fmt.Sscan(k, &id, &event)
-				if got := hook.devices(id, event); !slices.Equal(got, w) {
-					return false, fmt.Sprintf("%s: devices %v, want %v", k, got, w)
-				}
-			}
-			return true, ""
-		})
+		hook.await(t, want, 30*time.Second)
 		hook.mu.Lock()
 		for k := range hook.got {
 			if _, ok := want[k]; !ok {
