@@ -30,7 +30,7 @@ GENERATED    := '*.pb.go'
 # Shell test, run in a module directory: does the module hold any package yet?
 HAS_PKGS      = [ -n "$$($(GO) list -e ./... 2>/dev/null)" ]
 
-.PHONY: help build run test test-short fuzz bench bench-full heraldbench lint proto proto-check tidy clean \
+.PHONY: help build run test test-short fuzz bench bench-full bench-cluster heraldbench lint proto proto-check tidy clean \
 	deps-up deps-down deps-status deps-clean cluster-up cluster-down
 
 help: ## List the targets
@@ -96,6 +96,9 @@ bench: ## Run the Go benchmarks of every module (BENCHTIME, 1x when CI is set), 
 bench-full: ## Run heraldbench -preset full (19,000 connections; about 10 minutes; see docs/benchmarks.md)
 	@$(MAKE) heraldbench BENCH_PRESET=full
 
+bench-cluster: build ## heraldbench connect+fanout+raw against a local cluster of GATEWAYS gateways (8) holding N devices (150000); see docs/benchmarks.md
+	GATEWAYS=$(or $(GATEWAYS),8) N=$(or $(N),150000) scripts/bench-cluster.sh
+
 heraldbench: build
 	$(GO) build -o $(BIN)/heraldbench ./cmd/heraldbench
 	@echo "== heraldbench -preset $(BENCH_PRESET)"
@@ -144,7 +147,7 @@ deps-status: ## Show which engines are up
 deps-clean: ## Stop the engines and remove their data (keeps the downloaded jars)
 	scripts/deps.sh clean
 
-cluster-up: ## Start 1 api, 1 router, 2 dispatchers, 2 gateways on the real engines (scripts/cluster.sh; ROUTER=etcd for etcd routes)
+cluster-up: ## Start 1 api, 1 router, 2 dispatchers, GATEWAYS gateways (2) on the real engines (scripts/cluster.sh; ROUTER=etcd for etcd routes)
 	scripts/cluster.sh up
 
 cluster-down: ## Stop the local cluster (the engines keep running: make deps-down)

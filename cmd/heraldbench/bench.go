@@ -6,8 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -36,7 +35,7 @@ type options struct {
 	BcastEvery   time.Duration // broadcast-sustained: one broadcast per interval
 	BcastFor     time.Duration // broadcast-sustained: how long broadcasts are sent
 	BcastTTL     int64         // TTL of fan-out and sustained broadcasts; 0 = online only
-	RawBatches   []int         // raw sustained: frames per write; nil = 1 and herald's measured frames per write
+	RawBatches   []int         // raw sustained: frames per write; nil = 1 and herald's measured frames per write; [0] = no raw sustained
 }
 
 // bench is one session: a target, its registered devices and the workers.
@@ -114,14 +113,15 @@ func (b *bench) close() {
 	}
 }
 
-// connectTo connects devices [b.conn, n) spread evenly over the workers.
-func (b *bench) connectTo(ctx context.Context, n int, gateway string, raw bool) (ConnectStep, error) {
+// connectTo connects devices [b.conn, n) spread evenly over the workers;
+// device i dials gateways[i mod len(gateways)].
+func (b *bench) connectTo(ctx context.Context, n int, gateways []string, raw bool) (ConnectStep, error) {
 	lo := b.conn
 	w := len(b.fleet.procs)
 	cmds := make([]Command, w)
 	for i := range w {
 		a, z := lo+(n-lo)*i/w, lo+(n-lo)*(i+1)/w
-		cmds[i] = Command{Op: "connect", Gateway: gateway, AppKey: b.app.Key, Devices: b.devs[a:z], FirstIndex: a,
+		cmds[i] = Command{Op: "connect", Gateways: gateways, AppKey: b.app.Key, Devices: b.devs[a:z], FirstIndex: a,
 			Raw: raw, Concurrency: b.opt.Concurrency, PingEvery: Duration(b.opt.PingEvery), PingAligned: b.opt.PingAligned}
 	}
 	start := time.Now()
@@ -147,29 +147,39 @@ func (b *bench) connectTo(ctx context.Context, n int, gateway string, raw bool) 
 	return step, err
 }
 
-// settle waits until the server's RSS stops moving (or 10 s) and returns the last sample.
-func (b *bench) settle(ctx context.Context) (procSample, error) {
-	prev, err := sampleProc(b.tgt.PID)
+// settle waits until the RSS of the processes holding the connections
+// stops moving (or 10 s) and returns the last reading: summed, and per
+// process.
+func (b *bench) settle(ctx context.Context) (procSample, []procSample, error) {
+	pids := b.tgt.memPIDs()
+	prev, each, err := sampleProcs(pids)
 	if err != nil {
-		return prev, err
+		return prev, each, err
 	}
 	for range 10 {
 		select {
 		case <-time.After(time.Second):
 		case <-ctx.Done():
-			return prev, ctx.Err()
+			return prev, each, ctx.Err()
 		}
-		cur, err := sampleProc(b.tgt.PID)
+		cur, curEach, err := sampleProcs(pids)
 		if err != nil {
-			return prev, err
+			return prev, each, err
 		}
 		d := cur.RSSBytes - prev.RSSBytes
-		prev = cur
+		prev, each = cur, curEach
 		if d < cur.RSSBytes/200 && d > -cur.RSSBytes/200 {
 			break
 		}
 	}
-	return prev, nil
+	return prev, each, nil
+}
+
+// serverSample is one reading summed over every herald process: CPU time
+// and system calls.
+func (b *bench) serverSample() (procSample, error) {
+	s, _, err := sampleProcs(b.tgt.PIDs)
+	return s, err
 }
 
 // usage is what the server spent over a measured window.
@@ -184,7 +194,7 @@ func (u usage) cpuPct() float64 { return 100 * u.CPUSeconds / u.Seconds }
 
 // measureServer reads the server's CPU time and system calls across window.
 func (b *bench) measureServer(ctx context.Context, window time.Duration) (usage, error) {
-	s0, err := sampleProc(b.tgt.PID)
+	s0, err := b.serverSample()
 	if err != nil {
 		return usage{}, err
 	}
@@ -194,7 +204,7 @@ func (b *bench) measureServer(ctx context.Context, window time.Duration) (usage,
 	case <-ctx.Done():
 		return usage{}, ctx.Err()
 	}
-	s1, err := sampleProc(b.tgt.PID)
+	s1, err := b.serverSample()
 	if err != nil {
 		return usage{}, err
 	}
@@ -228,11 +238,16 @@ func (b *bench) measure(ctx context.Context, window time.Duration) (usage, error
 func (b *bench) runConnect(ctx context.Context) error {
 	res := &ConnectResult{}
 	b.res.Connect = res
-	base, err := b.settle(ctx)
+	base, baseEach, err := b.settle(ctx)
 	if err != nil {
 		return err
 	}
 	res.Baseline = base
+	if len(baseEach) > 1 {
+		for _, e := range baseEach {
+			res.BaselineRSS = append(res.BaselineRSS, e.RSSBytes)
+		}
+	}
 	hb := &HeartbeatResult{Every: b.opt.PingEvery.String(), Window: b.opt.HBWindow.String()}
 	b.logf("measuring idle server CPU for %s", b.opt.HBWindow)
 	idle, err := b.measure(ctx, b.opt.HBWindow)
@@ -245,12 +260,18 @@ func (b *bench) runConnect(ctx context.Context) error {
 		if n <= b.conn {
 			continue
 		}
-		step, err := b.connectTo(ctx, n, b.tgt.Gateway, false)
+		step, err := b.connectTo(ctx, n, b.tgt.Gateways, false)
 		if err != nil {
 			return err
 		}
-		if step.Server, err = b.settle(ctx); err != nil {
+		var each []procSample
+		if step.Server, each, err = b.settle(ctx); err != nil {
 			return err
+		}
+		if len(each) > 1 {
+			for _, e := range each {
+				step.ProcessRSS = append(step.ProcessRSS, e.RSSBytes)
+			}
 		}
 		b.logf("connect: %d connected (%.0f handshakes/s), server RSS %s", step.Connected, step.HandshakesPerS, mib(float64(step.Server.RSSBytes)))
 		res.Steps = append(res.Steps, step)
@@ -320,7 +341,7 @@ func (b *bench) runConnect(ctx context.Context) error {
 // ensureConnected connects every device if the connect run did not.
 func (b *bench) ensureConnected(ctx context.Context) error {
 	if n := b.maxN(); b.conn < n {
-		if _, err := b.connectTo(ctx, n, b.tgt.Gateway, false); err != nil {
+		if _, err := b.connectTo(ctx, n, b.tgt.Gateways, false); err != nil {
 			return err
 		}
 	}
@@ -354,7 +375,11 @@ func (b *bench) runFanout(ctx context.Context) error {
 		return err
 	}
 	n := b.conn
-	res := &FanoutResult{N: n, Repeats: b.opt.Repeats, Method: fmt.Sprintf("one broadcast, audience all, TTL %d s", b.opt.BcastTTL)}
+	res := &FanoutResult{N: n, Repeats: b.opt.Repeats, Processes: max(1, len(b.tgt.Gateways)),
+		Method: fmt.Sprintf("one broadcast, audience all, TTL %d s", b.opt.BcastTTL)}
+	if g := len(b.tgt.Gateways); g > 1 {
+		res.Method += fmt.Sprintf(", %d gateway processes", g)
+	}
 	b.res.Fanout = res
 	if _, err := b.fleet.same(ctx, Command{Op: "reset"}); err != nil {
 		return err
@@ -403,7 +428,7 @@ func (b *bench) runSustained(ctx context.Context) error {
 	res := &SustainedResult{N: n, Every: b.opt.BcastEvery.String(), SendSeconds: b.opt.BcastFor.Seconds(), TTL: b.opt.BcastTTL}
 	b.res.Sustained = res
 	b.logf("broadcast-sustained: one broadcast every %s for %s to %d devices", b.opt.BcastEvery, b.opt.BcastFor, n)
-	s0, err := sampleProc(b.tgt.PID)
+	s0, err := b.serverSample()
 	if err != nil {
 		return err
 	}
@@ -446,7 +471,7 @@ func (b *bench) runSustained(ctx context.Context) error {
 		}
 		if c := t.Rounds[key].Count; c > count {
 			count, stall = c, time.Now()
-			if s1, err = sampleProc(b.tgt.PID); err != nil {
+			if s1, err = b.serverSample(); err != nil {
 				return err
 			}
 		}
@@ -546,14 +571,14 @@ func (b *bench) runUnicast(ctx context.Context) error {
 		if _, err := b.fleet.same(ctx, Command{Op: "reset"}); err != nil {
 			return err
 		}
-		s0, err := sampleProc(b.tgt.PID)
+		s0, err := b.serverSample()
 		if err != nil {
 			return err
 		}
 		b.logf("unicast: %s at rate %.0f/s (0 = flat out), %d senders", b.opt.UnicastFor, rate, b.opt.Senders)
 		start := time.Now()
 		sent, sendErrs, el := b.unicastLoad(ctx, rate, b.opt.UnicastFor, b.opt.Senders, key)
-		s1, err := sampleProc(b.tgt.PID)
+		s1, err := b.serverSample()
 		if err != nil {
 			return err
 		}
@@ -588,7 +613,7 @@ func (b *bench) runChurn(ctx context.Context) error {
 	if _, err := b.fleet.same(ctx, Command{Op: "reset"}); err != nil {
 		return err
 	}
-	s0, err := sampleProc(b.tgt.PID)
+	s0, err := b.serverSample()
 	if err != nil {
 		return err
 	}
@@ -605,7 +630,7 @@ func (b *bench) runChurn(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s1, err := sampleProc(b.tgt.PID)
+	s1, err := b.serverSample()
 	if err != nil {
 		return err
 	}
@@ -638,58 +663,34 @@ func (b *bench) runChurn(ctx context.Context) error {
 	return nil
 }
 
-// runRaw is the fan-out with a trivial TCP writer instead of herald: it
-// accepts N connections and writes one pre-encoded PUSH frame to each per
-// round. It runs on a fresh set of workers so file limits stay as in the
-// herald runs; the herald connections are closed first.
+// runRaw is the fan-out with a trivial TCP writer instead of herald: G raw
+// server processes (G = the number of gateways, 1 for the all-in-one) accept
+// N connections, device i's going to server i mod G as it went to gateway
+// i mod G, and on command each writes one pre-encoded PUSH frame to each
+// of its connections. A round runs from the command to the last device
+// receiving the frame. It runs on a fresh set of workers so file limits
+// stay as in the herald runs; the herald connections are closed first.
 func (b *bench) runRaw(ctx context.Context) error {
 	n := b.maxN()
+	g := max(1, len(b.tgt.Gateways))
 	b.fleet.stop()
 	if err := b.startFleet(ctx, workersFor(n, b.opt.PerWorker)); err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	srv, err := startRawServers(ctx, g)
 	if err != nil {
 		return err
 	}
-	defer ln.Close()
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	defer func() {
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	}()
-	if _, err := b.connectTo(ctx, n, ln.Addr().String(), true); err != nil {
+	defer srv.stop()
+	if _, err := b.connectTo(ctx, n, srv.addrs, true); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		mu.Lock()
-		got := len(conns)
-		mu.Unlock()
-		if got >= n || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
+	got, err := srv.waitCount(ctx, n, 30*time.Second)
+	if err != nil {
+		return err
 	}
-	mu.Lock()
-	all := append([]net.Conn(nil), conns...)
-	mu.Unlock()
-	res := &FanoutResult{N: len(all), Repeats: b.opt.Repeats, Method: "raw TCP writer, pre-encoded PUSH"}
+	res := &FanoutResult{N: got, Repeats: b.opt.Repeats, Processes: g,
+		Method: fmt.Sprintf("raw TCP writer, pre-encoded PUSH, %d process(es)", g)}
 	b.res.Raw = res
 	for r := range b.opt.Repeats {
 		key := "raw" + strconv.Itoa(r)
@@ -699,23 +700,10 @@ func (b *bench) runRaw(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		var wg sync.WaitGroup
-		var werr atomic.Value
-		const writers = 2
-		for w := range writers {
-			wg.Go(func() {
-				for i := w; i < len(all); i += writers {
-					if _, err := all[i].Write(buf); err != nil {
-						werr.CompareAndSwap(nil, err)
-					}
-				}
-			})
+		if err := srv.write(ctx, buf, 1); err != nil {
+			return err
 		}
-		wg.Wait()
-		if e, ok := werr.Load().(error); ok {
-			return fmt.Errorf("raw write: %w", e)
-		}
-		t, ok, err := b.waitFor(ctx, 30*time.Second, func(t total) bool { return t.Rounds[key].Count >= len(all) })
+		t, ok, err := b.waitFor(ctx, 30*time.Second, func(t total) bool { return t.Rounds[key].Count >= got })
 		if err != nil {
 			return err
 		}
@@ -725,18 +713,18 @@ func (b *bench) runRaw(ctx context.Context) error {
 		}
 		d := time.Duration(t.Rounds[key].LastNano - t0.UnixNano())
 		res.RoundMs = append(res.RoundMs, ms(d))
-		b.logf("raw fan-out round %d: %d devices in %.1f ms", r, len(all), ms(d))
+		b.logf("raw fan-out round %d: %d devices over %d writer process(es) in %.1f ms", r, got, g, ms(d))
 	}
 	finishFanout(res)
-	return b.rawSustained(ctx, all)
+	return b.rawSustained(ctx, srv, got)
 }
 
 // rawSustained is the ceiling of broadcast-sustained: the trivial writer
 // sends the same number of frames to every connection as herald's run
 // did (at most 200), batch frames per write, flat out, from 2 goroutines
-// (acks are not read).
-// Its CPU is this process's (the controller's) over the writes.
-func (b *bench) rawSustained(ctx context.Context, all []net.Conn) error {
+// per raw server process (acks are not read).
+// Its CPU is the raw server processes' over the writes.
+func (b *bench) rawSustained(ctx context.Context, srv *rawServers, n int) error {
 	frames := 0
 	if s := b.res.Sustained; s != nil {
 		frames = int(s.Broadcasts)
@@ -744,7 +732,7 @@ func (b *bench) rawSustained(ctx context.Context, all []net.Conn) error {
 		frames = int(b.opt.BcastFor / b.opt.BcastEvery)
 	}
 	frames = min(frames, 200) // the raw server never reads the acks: bound their backlog
-	if frames == 0 || len(all) == 0 {
+	if frames == 0 || n == 0 || slices.Equal(b.opt.RawBatches, []int{0}) {
 		return nil
 	}
 	batches := b.opt.RawBatches
@@ -764,48 +752,27 @@ func (b *bench) rawSustained(ctx context.Context, all []net.Conn) error {
 		if _, err := b.fleet.same(ctx, Command{Op: "reset"}); err != nil {
 			return err
 		}
-		expected := uint64(len(all)) * uint64(passes*batch)
-		self0, err := sampleProc(os.Getpid())
-		if err != nil {
-			return err
-		}
+		expected := uint64(n) * uint64(passes*batch)
+		w0 := srv.f.cpuSeconds()
 		d0 := b.fleet.cpuSeconds()
 		start := time.Now()
-		var werr atomic.Value
-		for p := range passes {
-			t := time.Now()
-			one, err := frame.AppendMessage(nil, frame.TypePush, &devicev1.Push{MessageId: fmt.Sprintf("01RAWS%018d", p),
-				Kind: devicev1.Kind_KIND_DATA, Data: map[string]string{"r": key, "t": strconv.FormatInt(t.UnixNano(), 10)}, SentAtMs: t.UnixMilli()})
-			if err != nil {
-				return err
-			}
-			buf := bytes.Repeat(one, batch)
-			var wg sync.WaitGroup
-			const writers = 2
-			for w := range writers {
-				wg.Go(func() {
-					for i := w; i < len(all); i += writers {
-						if _, err := all[i].Write(buf); err != nil {
-							werr.CompareAndSwap(nil, err)
-						}
-					}
-				})
-			}
-			wg.Wait()
-		}
-		self1, err := sampleProc(os.Getpid())
+		// Every pass writes the same bytes: the workers count a round by
+		// its "r" key, and the send time is not used here.
+		one, err := frame.AppendMessage(nil, frame.TypePush, &devicev1.Push{MessageId: fmt.Sprintf("01RAWS%018d", batch),
+			Kind: devicev1.Kind_KIND_DATA, Data: map[string]string{"r": key, "t": strconv.FormatInt(start.UnixNano(), 10)}, SentAtMs: start.UnixMilli()})
 		if err != nil {
 			return err
 		}
-		if e, ok := werr.Load().(error); ok {
-			return fmt.Errorf("raw write: %w", e)
+		if err := srv.write(ctx, bytes.Repeat(one, batch), passes); err != nil {
+			return err
 		}
+		writerCPU := srv.f.cpuSeconds() - w0
 		t, _, err := b.waitFor(ctx, 60*time.Second, func(t total) bool { return uint64(t.Rounds[key].Count) >= expected })
 		if err != nil {
 			return err
 		}
-		r := RawSustainedResult{N: len(all), Batch: batch, FramesPerConn: passes * batch, Expected: expected,
-			Delivered: uint64(t.Rounds[key].Count), WriterCPUSeconds: self1.CPUSeconds - self0.CPUSeconds,
+		r := RawSustainedResult{N: n, Batch: batch, FramesPerConn: passes * batch, Expected: expected,
+			Delivered: uint64(t.Rounds[key].Count), WriterCPUSeconds: writerCPU,
 			DriverCPUSeconds: b.fleet.cpuSeconds() - d0}
 		if at := t.Rounds[key].LastNano; at > start.UnixNano() {
 			r.Seconds = time.Duration(at - start.UnixNano()).Seconds()

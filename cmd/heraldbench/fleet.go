@@ -13,11 +13,18 @@ import (
 	"time"
 )
 
-// workerEnv makes the test binary act as a worker (see TestMain); the real
-// binary is re-executed as `heraldbench worker`.
+// workerEnv makes the test binary act as a worker or raw server (see
+// TestMain: its value is the role); the real binary is re-executed as
+// `heraldbench worker` or `heraldbench rawserver`.
 const workerEnv = "HERALDBENCH_ROLE"
 
-// fleet is the controller's view of its worker processes.
+// The roles a heraldbench process is re-executed in.
+const (
+	roleWorker    = "worker"    // holds device connections (worker.go)
+	roleRawServer = "rawserver" // the raw writer: accepts connections, writes on command (rawserver.go)
+)
+
+// fleet is the controller's view of its worker (or raw server) processes.
 type fleet struct {
 	procs    []*workerProc
 	progress func(connected, failed int)
@@ -35,14 +42,19 @@ type workerProc struct {
 
 // startFleet starts n worker processes.
 func startFleet(ctx context.Context, n int) (*fleet, error) {
+	return startProcs(ctx, n, roleWorker)
+}
+
+// startProcs starts n processes of this executable in role.
+func startProcs(ctx context.Context, n int, role string) (*fleet, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find own executable: %w", err)
 	}
 	f := &fleet{}
 	for range n {
-		cmd := exec.CommandContext(ctx, exe, "worker")
-		cmd.Env = append(os.Environ(), workerEnv+"=worker")
+		cmd := exec.CommandContext(ctx, exe, role)
+		cmd.Env = append(os.Environ(), workerEnv+"="+role)
 		cmd.Stderr = os.Stderr
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
@@ -56,7 +68,7 @@ func startFleet(ctx context.Context, n int) (*fleet, error) {
 		}
 		if err := cmd.Start(); err != nil {
 			f.stop()
-			return nil, fmt.Errorf("start worker: %w", err)
+			return nil, fmt.Errorf("start %s: %w", role, err)
 		}
 		p := &workerProc{cmd: cmd, stdin: stdin, events: make(chan Event, 16), done: make(chan error, 1)}
 		go p.readEvents(stdout)
@@ -197,7 +209,16 @@ func (f *fleet) stats(ctx context.Context) (total, error) {
 	return t, nil
 }
 
-// cpuSeconds is the worker processes' CPU time so far (utime + stime).
+// pids are the fleet's process ids.
+func (f *fleet) pids() []int {
+	out := make([]int, len(f.procs))
+	for i, p := range f.procs {
+		out[i] = p.cmd.Process.Pid
+	}
+	return out
+}
+
+// cpuSeconds is the fleet's CPU time so far (utime + stime).
 func (f *fleet) cpuSeconds() float64 {
 	var sum float64
 	for _, p := range f.procs {

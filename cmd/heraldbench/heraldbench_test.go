@@ -8,16 +8,23 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/heraldpush/herald/api/devicev1"
+	"github.com/heraldpush/herald/api/frame"
 )
 
 // TestMain lets the test binary act as a heraldbench worker: the controller
 // re-executes os.Executable(), which under `go test` is this binary.
 func TestMain(m *testing.M) {
-	if os.Getenv(workerEnv) == "worker" {
+	switch os.Getenv(workerEnv) {
+	case roleWorker:
 		os.Exit(workerMain(context.Background()))
+	case roleRawServer:
+		os.Exit(rawServerMain(context.Background()))
 	}
 	os.Exit(m.Run())
 }
@@ -145,6 +152,31 @@ func TestMarkdown(t *testing.T) {
 	}
 }
 
+func TestMarkdownMultiGateway(t *testing.T) {
+	r := &Result{Gateways: 3, Target: "cluster",
+		Connect: &ConnectResult{BaselineRSS: []int64{10 << 20, 11 << 20, 12 << 20},
+			Steps: []ConnectStep{{N: 3000, Connected: 3000, ProcessRSS: []int64{20 << 20, 21 << 20, 22 << 20}}}, BytesPerConn: 1500},
+		Fanout: &FanoutResult{N: 3000, Processes: 3, P50Ms: 100, PerSecond: 30000},
+		Raw:    &FanoutResult{N: 3000, Processes: 3, P50Ms: 50, PerSecond: 60000},
+	}
+	var buf bytes.Buffer
+	r.WriteMarkdown(&buf)
+	md := buf.String()
+	for _, want := range []string{
+		"RSS slope, summed over 3 gateways, N up to 3000",
+		"| fan-out across 3 gateway processes, 3000 devices: aggregate deliveries/s (devices / p50 completion) | 30000 /s (raw writer over 3 processes: 60000 /s), 50 % of raw | >= 70 % of raw at >= 8 gateways, >= 150,000 | not met at this size",
+		"RSS per gateway process at N = 0: 10.0 MiB, 11.0 MiB, 12.0 MiB.",
+		"RSS per gateway process at N = 3000: 20.0 MiB, 21.0 MiB, 22.0 MiB.",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "<= 1.2x") {
+		t.Errorf("multi-gateway markdown states the one-gateway p50 ratio target:\n%s", md)
+	}
+}
+
 // TestEndToEnd runs a tiny connect and unicast against a real herald child.
 func TestEndToEnd(t *testing.T) {
 	if testing.Short() {
@@ -160,7 +192,7 @@ func TestEndToEnd(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	code := run(t.Context(), []string{"-preset", "ci", "-herald-bin", bin, "-n", "100,200", "-hb-window", "500ms",
 		"-duration", "2s", "-rates", "500", "-per-worker", "150", "-repeats", "2", "-bcast-for", "300ms",
-		"-out", out, "connect", "fanout", "broadcast-sustained", "unicast"}, &stdout, &stderr)
+		"-out", out, "connect", "fanout", "broadcast-sustained", "unicast", "raw"}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("run = %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
 	}
@@ -198,7 +230,144 @@ func TestEndToEnd(t *testing.T) {
 	if s := res.Sustained; s == nil || s.Broadcasts == 0 || s.Delivered != s.Expected || s.CPUMicrosPerDelivery <= 0 {
 		t.Errorf("broadcast-sustained = %+v, want every broadcast delivered to every device", s)
 	}
+	if r := res.Raw; r == nil || r.N != 200 || len(r.RoundMs) != 2 || r.Incomplete != 0 || r.Processes != 1 {
+		t.Errorf("raw = %+v, want 2 complete rounds to 200 devices from 1 raw server process", r)
+	}
+	if len(res.RawSustained) == 0 || res.RawSustained[0].Delivered != res.RawSustained[0].Expected {
+		t.Errorf("raw sustained = %+v, want every frame delivered", res.RawSustained)
+	}
 	if md, err := os.ReadFile(out + ".md"); err != nil || !strings.Contains(string(md), "| figure | measured | target | verdict |") {
 		t.Errorf("markdown file: %v %q", err, md)
+	}
+}
+
+func TestGatewayFor(t *testing.T) {
+	tests := []struct {
+		name     string
+		gateways []string
+		n        int
+		want     map[string]int // devices per gateway
+	}{
+		{name: "one gateway", gateways: []string{"a"}, n: 5, want: map[string]int{"a": 5}},
+		{name: "three gateways, even", gateways: []string{"a", "b", "c"}, n: 9, want: map[string]int{"a": 3, "b": 3, "c": 3}},
+		{name: "three gateways, remainder to the first", gateways: []string{"a", "b", "c"}, n: 10, want: map[string]int{"a": 4, "b": 3, "c": 3}},
+		{name: "eight gateways, 150,000 devices", gateways: []string{"1", "2", "3", "4", "5", "6", "7", "8"}, n: 150000,
+			want: map[string]int{"1": 18750, "2": 18750, "3": 18750, "4": 18750, "5": 18750, "6": 18750, "7": 18750, "8": 18750}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := map[string]int{}
+			for i := range tt.n {
+				got[gatewayFor(tt.gateways, i)]++
+			}
+			if len(got) != len(tt.want) {
+				t.Fatalf("spread = %v, want %v", got, tt.want)
+			}
+			for g, n := range tt.want {
+				if got[g] != n {
+					t.Fatalf("spread = %v, want %v", got, tt.want)
+				}
+			}
+		})
+	}
+	if g := gatewayFor(nil, 3); g != "" {
+		t.Fatalf("no gateways: got %q", g)
+	}
+}
+
+func TestSumSamples(t *testing.T) {
+	each := []procSample{
+		{RSSBytes: 10 << 20, CPUSeconds: 1.5, SysCR: 100, SysCW: 10, TCPMem: 4096, TCPInUse: 7},
+		{RSSBytes: 20 << 20, CPUSeconds: 0.25, SysCR: 1, SysCW: 2, TCPMem: 8192, TCPInUse: 9},
+	}
+	got := sumSamples(each)
+	want := procSample{RSSBytes: 30 << 20, CPUSeconds: 1.75, SysCR: 101, SysCW: 12, TCPMem: 8192, TCPInUse: 9}
+	if got != want {
+		t.Fatalf("sum = %+v, want %+v (TCP figures are machine-wide: the last reading, not a sum)", got, want)
+	}
+	// Real processes: this one twice sums to about twice its own reading.
+	self := os.Getpid()
+	sum, per, err := sampleProcs([]int{self, self})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(per) != 2 || sum.RSSBytes < per[0].RSSBytes+per[1].RSSBytes/2 || sum.RSSBytes <= 0 {
+		t.Fatalf("sampleProcs(self, self) = %+v, %+v", sum, per)
+	}
+	if _, _, err := sampleProcs(nil); err == nil {
+		t.Fatal("sampleProcs(nil): want an error asking for -herald-pid")
+	}
+}
+
+// TestRawServers runs the multi-process raw writer: 2 raw server processes,
+// 2 worker processes, 10 connections spread over the servers, one round.
+func TestRawServers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	ctx := t.Context()
+	srv, err := startRawServers(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.stop()
+	if len(srv.addrs) != 2 || srv.addrs[0] == srv.addrs[1] {
+		t.Fatalf("raw server addresses = %v, want 2 distinct", srv.addrs)
+	}
+	workers, err := startFleet(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer workers.stop()
+	const n = 10
+	devs := make([]Device, n)
+	for i := range devs {
+		devs[i] = Device{ID: strconv.Itoa(i)}
+	}
+	cmds := []Command{
+		{Op: "connect", Gateways: srv.addrs, Devices: devs[:n/2], FirstIndex: 0, Raw: true, Concurrency: 4},
+		{Op: "connect", Gateways: srv.addrs, Devices: devs[n/2:], FirstIndex: n / 2, Raw: true, Concurrency: 4},
+	}
+	evs, err := workers.all(ctx, cmds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evs[0].Connected+evs[1].Connected != n {
+		t.Fatalf("connected %d + %d, want %d", evs[0].Connected, evs[1].Connected, n)
+	}
+	if got, err := srv.waitCount(ctx, n, 10*time.Second); err != nil || got != n {
+		t.Fatalf("raw servers accepted %d (%v), want %d", got, err, n)
+	}
+	per, err := srv.f.same(ctx, Command{Op: "count"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if per[0].Connected != n/2 || per[1].Connected != n/2 {
+		t.Fatalf("per server: %d and %d connections, want %d each (device i to server i mod 2)", per[0].Connected, per[1].Connected, n/2)
+	}
+	for round, passes := range []int{1, 3} {
+		key := "t" + strconv.Itoa(round)
+		buf, err := frame.AppendMessage(nil, frame.TypePush, &devicev1.Push{MessageId: "m" + key, Kind: devicev1.Kind_KIND_DATA,
+			Data: map[string]string{"r": key}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.write(ctx, buf, passes); err != nil {
+			t.Fatal(err)
+		}
+		want := n * passes
+		var got int
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			tot, err := workers.stats(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got = tot.Rounds[key].Count; got >= want {
+				break
+			}
+		}
+		if got != want {
+			t.Fatalf("round %s: %d deliveries, want %d (%d passes to %d devices)", key, got, want, passes, n)
+		}
 	}
 }

@@ -29,8 +29,13 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "worker" {
-		os.Exit(workerMain(context.Background()))
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case roleWorker:
+			os.Exit(workerMain(context.Background()))
+		case roleRawServer:
+			os.Exit(rawServerMain(context.Background()))
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -55,10 +60,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	bin := fs.String("herald-bin", "bin/herald", "herald binary to start as an all-in-one child (ignored with -api)")
 	apiAddr := fs.String("api", "", "REST address of a running herald (then also -grpc, -gateway, -admin-token)")
 	grpcAddr := fs.String("grpc", "", "gRPC address of a running herald")
-	gwAddr := fs.String("gateway", "", "device address of a running herald")
+	gwAddr := fs.String("gateway", "", "device address(es) of a running herald, comma-separated: device i dials gateway i mod G (and raw uses G writer processes)")
 	adminTok := fs.String("admin-token", "", "admin token of a running herald")
-	pid := fs.Int("herald-pid", 0, "pid of a running herald, for RSS and CPU readings")
-	steps := fs.String("n", "", "connect: comma-separated N values; the largest is every mode's N (at most 19000 per gateway process)")
+	pidList := fs.String("herald-pid", "", "pid(s) of a running herald, comma-separated: CPU time and system calls are summed over them (RSS too, unless -gateway-pids)")
+	gwPidList := fs.String("gateway-pids", "", "pids of the gateway processes, comma-separated: memory per connection is the slope of their summed RSS (default: -herald-pid)")
+	steps := fs.String("n", "", "connect: comma-separated N values; the largest is every mode's N (at most ~19000 per gateway process)")
 	perWorker := fs.Int("per-worker", 10000, "device connections per worker process (at most ~18000: 20,000 open files per process)")
 	conc := fs.Int("concurrency", 128, "dials in flight per worker")
 	regConc := fs.Int("register-concurrency", 64, "device registrations in flight")
@@ -74,7 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	bcastEvery := fs.Duration("bcast-every", 0, "broadcast-sustained: interval between broadcasts")
 	bcastFor := fs.Duration("bcast-for", 0, "broadcast-sustained: how long broadcasts are sent")
 	bcastTTL := fs.Int64("bcast-ttl", 0, "TTL in seconds of fan-out and sustained broadcasts (0 = online only: no topic-log write, no replay on reconnect)")
-	rawBatch := fs.String("raw-batch", "", "raw sustained: frames per write, comma-separated (default: 1, herald's measured frames per write, 10)")
+	rawBatch := fs.String("raw-batch", "", "raw sustained: frames per write, comma-separated (default: 1, herald's measured frames per write, 10); 0 skips raw sustained")
 	out := fs.String("out", "", "write <out>.json and <out>.md as well as the table on stdout")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -146,8 +152,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	res := &Result{Started: time.Now().UTC(), Machine: machine()}
 	b := &bench{opt: opt, res: res, log: stderr}
 	if *apiAddr != "" {
-		b.tgt = &target{API: *apiAddr, GRPC: *grpcAddr, Gateway: *gwAddr, Admin: *adminTok, PID: *pid}
-		res.Target = "running herald at " + *apiAddr
+		t := &target{API: *apiAddr, GRPC: *grpcAddr, Admin: *adminTok}
+		for g := range strings.SplitSeq(*gwAddr, ",") {
+			if g = strings.TrimSpace(g); g != "" {
+				t.Gateways = append(t.Gateways, g)
+			}
+		}
+		if len(t.Gateways) == 0 {
+			fmt.Fprintln(stderr, "heraldbench: -api needs -gateway")
+			return 2
+		}
+		if *pidList != "" {
+			if t.PIDs, err = parseList(*pidList, strconv.Atoi); err != nil {
+				fmt.Fprintln(stderr, "heraldbench: -herald-pid:", err)
+				return 2
+			}
+		}
+		if *gwPidList != "" {
+			if t.GatewayPIDs, err = parseList(*gwPidList, strconv.Atoi); err != nil {
+				fmt.Fprintln(stderr, "heraldbench: -gateway-pids:", err)
+				return 2
+			}
+		}
+		b.tgt = t
+		res.Target = fmt.Sprintf("running herald at %s, %d gateway process(es) %s", *apiAddr, len(t.Gateways), strings.Join(t.Gateways, " "))
 	} else {
 		b.logf("starting %s (all-in-one, temp data dir)", *bin)
 		b.tgt, err = startHerald(ctx, *bin, nil)
@@ -158,6 +186,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		defer b.tgt.stop()
 		res.Target = "all-in-one child " + *bin + " (embedded pebble log and store, memory routes)"
 	}
+	res.Gateways = len(b.tgt.Gateways)
 	failed := false
 	if err := b.setup(ctx); err != nil {
 		res.Problems = append(res.Problems, err.Error())

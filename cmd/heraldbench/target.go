@@ -27,13 +27,19 @@ import (
 )
 
 // target is the herald under test: addresses, admin token and, when known,
-// its process id for /proc measurements.
+// its process ids for /proc measurements. A cluster has several gateway
+// processes: device i dials Gateways[i mod len(Gateways)].
 type target struct {
-	API     string // http://host:port
-	GRPC    string
-	Gateway string
-	Admin   string
-	PID     int
+	API      string // http://host:port
+	GRPC     string
+	Gateways []string
+	Admin    string
+	// PIDs are every herald process of the target: CPU time and system
+	// calls are summed over them (and RSS, unless GatewayPIDs is set).
+	PIDs []int
+	// GatewayPIDs, when set, are the processes that hold the device
+	// connections: memory per connection is the slope of their summed RSS.
+	GatewayPIDs []int
 
 	cmd  *exec.Cmd
 	done chan error
@@ -66,7 +72,7 @@ func startHerald(ctx context.Context, bin string, extraEnv []string) (*target, e
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	t := &target{Admin: benchAdminToken, PID: cmd.Process.Pid, cmd: cmd, done: make(chan error, 1), dir: dir}
+	t := &target{Admin: benchAdminToken, PIDs: []int{cmd.Process.Pid}, cmd: cmd, done: make(chan error, 1), dir: dir}
 	ready := make(chan []string, 1)
 	var tail tailBuf
 	go func() {
@@ -85,7 +91,7 @@ func startHerald(ctx context.Context, bin string, extraEnv []string) (*target, e
 	go func() { t.done <- cmd.Wait() }()
 	select {
 	case m := <-ready:
-		t.API, t.GRPC, t.Gateway = m[1], m[2], m[3]
+		t.API, t.GRPC, t.Gateways = m[1], m[2], []string{m[3]}
 		return t, nil
 	case err := <-t.done:
 		t.done <- err
@@ -146,6 +152,47 @@ type procSample struct {
 	// (/proc/<pid>/io: every read/recv and write/send, sockets included).
 	SysCR int64 `json:"syscr"`
 	SysCW int64 `json:"syscw"`
+}
+
+// memPIDs are the processes whose RSS counts as connection memory.
+func (t *target) memPIDs() []int {
+	if len(t.GatewayPIDs) > 0 {
+		return t.GatewayPIDs
+	}
+	return t.PIDs
+}
+
+// sampleProcs reads every process of pids and returns their sum (RSS, CPU
+// time and system calls added up; the kernel's TCP figures, which are
+// machine-wide, read once) and each reading in the order of pids.
+func sampleProcs(pids []int) (procSample, []procSample, error) {
+	if len(pids) == 0 {
+		return procSample{}, nil, errors.New("no herald pid: pass -herald-pid to measure a running herald")
+	}
+	var sum procSample
+	each := make([]procSample, 0, len(pids))
+	for _, pid := range pids {
+		s, err := sampleProc(pid)
+		if err != nil {
+			return sum, nil, fmt.Errorf("pid %d: %w", pid, err)
+		}
+		each = append(each, s)
+	}
+	return sumSamples(each), each, nil
+}
+
+// sumSamples adds up per-process readings; TCPMem and TCPInUse are
+// machine-wide and come from the last reading.
+func sumSamples(each []procSample) procSample {
+	var sum procSample
+	for _, s := range each {
+		sum.RSSBytes += s.RSSBytes
+		sum.CPUSeconds += s.CPUSeconds
+		sum.SysCR += s.SysCR
+		sum.SysCW += s.SysCW
+		sum.TCPMem, sum.TCPInUse = s.TCPMem, s.TCPInUse
+	}
+	return sum
 }
 
 // clockTicks is USER_HZ, 100 on every Linux this tool targets.

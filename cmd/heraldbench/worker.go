@@ -32,8 +32,10 @@ type Device struct {
 
 // Command is one controller -> worker request.
 type Command struct {
-	Op          string   `json:"op"` // connect, stats, reset, churn, pings, quit
-	Gateway     string   `json:"gateway,omitempty"`
+	Op string `json:"op"` // worker: connect, stats, reset, churn, pings, quit; rawserver: listen, count, write, quit
+	// Gateways are the addresses to dial: device i (global index) dials
+	// Gateways[i mod len(Gateways)].
+	Gateways    []string `json:"gateways,omitempty"`
 	AppKey      string   `json:"app_key,omitempty"`
 	Devices     []Device `json:"devices,omitempty"`
 	FirstIndex  int      `json:"first_index,omitempty"` // global index of Devices[0], picks the source address
@@ -42,12 +44,15 @@ type Command struct {
 	PingEvery   Duration `json:"ping_every,omitempty"`
 	PingAligned bool     `json:"ping_aligned,omitempty"` // every device pings at the same instants
 	Duration    Duration `json:"duration,omitempty"`
-	Pause       bool     `json:"pause,omitempty"` // pings: stop (true) or restart (false) the heartbeats
+	Pause       bool     `json:"pause,omitempty"`  // pings: stop (true) or restart (false) the heartbeats
+	Frame       []byte   `json:"frame,omitempty"`  // rawserver write: the bytes written to every connection
+	Passes      int      `json:"passes,omitempty"` // rawserver write: how many times (default 1)
 }
 
 // Event is one worker -> controller message.
 type Event struct {
-	Ev         string             `json:"ev"` // progress, connected, stats, churned, error, bye
+	Ev         string             `json:"ev"`             // progress, connected, stats, churned, error, bye; rawserver: listening, count, written
+	Addr       string             `json:"addr,omitempty"` // rawserver listening: its address
 	Connected  int                `json:"connected"`
 	Failed     int                `json:"failed,omitempty"`
 	Err        string             `json:"err,omitempty"`
@@ -86,6 +91,15 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // address runs out of ephemeral ports (TIME_WAIT during churn included).
 func sourceAddr(index int) *net.TCPAddr {
 	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+index%253))}
+}
+
+// gatewayFor is the address device index dials: gateways are taken in
+// turn, so G gateway processes each hold N/G of the devices (±1).
+func gatewayFor(gateways []string, index int) string {
+	if len(gateways) == 0 {
+		return ""
+	}
+	return gateways[index%len(gateways)]
 }
 
 // worker holds this process's device connections and what they received.
@@ -213,7 +227,7 @@ func (w *worker) connect(ctx context.Context, cmd Command) Event {
 		}
 	})
 	for i, d := range cmd.Devices {
-		c := &devConn{w: w, dev: d, index: cmd.FirstIndex + i, gw: cmd.Gateway, appKey: cmd.AppKey, raw: cmd.Raw, every: time.Duration(cmd.PingEvery), align: cmd.PingAligned}
+		c := &devConn{w: w, dev: d, index: cmd.FirstIndex + i, gw: gatewayFor(cmd.Gateways, cmd.FirstIndex+i), appKey: cmd.AppKey, raw: cmd.Raw, every: time.Duration(cmd.PingEvery), align: cmd.PingAligned}
 		w.mu.Lock()
 		w.conns = append(w.conns, c)
 		w.mu.Unlock()
@@ -327,11 +341,16 @@ func (c *devConn) read(conn net.Conn, rd *frame.Reader) {
 			ack, _ = frame.AppendMessage(ack[:0], frame.TypeAck, &devicev1.Ack{MessageIds: []string{push.GetMessageId()}})
 			c.mu.Lock()
 			if c.conn == conn {
+				// Every write sets its own deadline: ping's would otherwise
+				// still apply, and 5 s after a device's first PING every
+				// ACK would fail with a timeout (the server then redelivers).
+				_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 				_, _ = conn.Write(ack)
 			}
 			c.mu.Unlock()
 		case frame.TypePing:
 			c.mu.Lock()
+			_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 			_, _ = conn.Write(frame.Pong)
 			c.mu.Unlock()
 		case frame.TypeDisconnect:
