@@ -35,6 +35,7 @@ import (
 	"os"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 )
 
 // Key-space prefixes of the engines sharing one database.
@@ -59,8 +60,18 @@ func Open(dir string, logger *slog.Logger) (*pebble.DB, error) {
 		// waits behind megabytes of unsynced store writes.
 		WALBytesPerSync: 512 << 10,
 		MaxOpenFiles:    1000,
-		Logger:          pebbleLogger{logger: logger.With("component", "pebble")},
+		// 64 MiB of block cache (Pebble's default is 8): the store's point
+		// reads (status rows, inbox entries, devices) share the cache with
+		// the push log's scans, and a miss means decompressing index and
+		// data blocks again.
+		CacheSize: 64 << 20,
+		Logger:    pebbleLogger{logger: logger.With("component", "pebble")},
 	}
+	// Bloom filters on every level (L1+ inherit L0's): most point reads of
+	// a push server ask for keys that are not there (an acked message's
+	// inbox entry, a first idempotency key, a status row), and without a
+	// filter each such read searches the index of every overlapping table.
+	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("pebbledb: open %s: %w", dir, err)

@@ -360,7 +360,7 @@ func (s *session) acked(ids []string) {
 	if s.grp != nil || s.replaying {
 		unicast = nil
 		for _, id := range ids {
-			if ref, ok := s.inflight[id]; ok && ref.kind != kindUnicast {
+			if ref, ok := s.inflight[id]; ok && ref.kind != kindUnicast && ref.kind != kindLive {
 				delete(s.inflight, id)
 				refs = append(refs, ref)
 				if ref.kind == kindGroup {
@@ -394,9 +394,11 @@ func (s *session) acked(ids []string) {
 		s.g.log.Error("record acks", "device", s.key, "err", err)
 		return // unresolved: the dispatcher stores them and they are redelivered
 	}
-	if err := s.g.deps.Inbox.Delete(ctx, s.appID, s.device, unicast...); err != nil {
-		s.g.log.Error("delete acked inbox entries", "device", s.key, "err", err)
-		return
+	if stored := s.storedOf(unicast); len(stored) > 0 {
+		if err := s.g.deps.Inbox.Delete(ctx, s.appID, s.device, stored...); err != nil {
+			s.g.log.Error("delete acked inbox entries", "device", s.key, "err", err)
+			return
+		}
 	}
 	s.g.m.acked.Add(ctx, int64(len(unicast)))
 	refs = refs[:0]
@@ -414,6 +416,20 @@ func (s *session) acked(ids []string) {
 	for _, id := range unicast {
 		s.g.emit(receipt.Receipt{AppID: s.appID, MessageID: id, DeviceID: s.device, Event: receipt.EventDelivered, Count: 1, AtMS: now})
 	}
+}
+
+// storedOf returns the acked unicast ids that may have an inbox copy: all
+// but those still in flight as live pushes (see kindLive).
+func (s *session) storedOf(ids []string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, id := range ids {
+		if ref, ok := s.inflight[id]; !ok || ref.kind != kindLive {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 var channelRE = regexp.MustCompile(`^[a-z0-9._-]{1,64}$`)
@@ -472,7 +488,7 @@ func (s *session) pushLive(ds []delivery.Delivery, idx []int, w *waiter, frames 
 			continue
 		}
 		buf = b
-		s.addInflight(ds[i].Envelope.GetPush().GetMessageId(), inflightRef{w: w, i: int32(i)})
+		s.addInflight(ds[i].Envelope.GetPush().GetMessageId(), inflightRef{w: w, i: int32(i), kind: kindLive})
 	}
 	s.mu.Unlock()
 	if len(buf) > 0 {

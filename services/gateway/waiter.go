@@ -70,7 +70,13 @@ type inflightRef struct {
 type pushKind uint8
 
 const (
-	kindUnicast  pushKind = iota // status Mark + inbox delete + "delivered"
+	kindUnicast  pushKind = iota // from the inbox: status Mark + inbox delete + "delivered"
 	kindGroup                    // "delivered" only (no per-device rows)
 	kindGroupDup                 // a replayed group push the device probably had: nothing
+	// kindLive is a unicast push handed over by Deliver, never stored: its
+	// ack marks the status and skips the inbox delete (a read of a key that
+	// is not there, the costliest part of an ack). The dispatcher stores a
+	// live push only after Deliver gave it up, and that drops the ref, so
+	// a late ack finds none and deletes the inbox copy as before.
+	kindLive
 )
