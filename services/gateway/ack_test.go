@@ -34,6 +34,22 @@ func TestAckOfLiveAndGivenUpPushes(t *testing.T) {
 				t.Fatalf("route of %s: %v %v", key, routes, err)
 			}
 			conn := routes[key].ConnID
+			// Live pushes wait (NotHere) until the connect-time inbox drain
+			// and group replay are done.
+			settled := time.Now().Add(rpcWait)
+			for {
+				s := e.gw.lookup(key)
+				s.mu.Lock()
+				busy := s.draining || s.replaying
+				s.mu.Unlock()
+				if !busy {
+					break
+				}
+				if time.Now().After(settled) {
+					t.Fatal("the session never finished its connect-time drain")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
 			createMessage := func(id string) {
 				t.Helper()
 				err := e.store.CreateMessage(t.Context(), store.Message{ID: id, AppID: "app-rpc", Targets: []string{dev}, CreatedAt: time.Now()})
