@@ -43,7 +43,7 @@ type service struct {
 	limits    sendLimits
 	rates     *rateLimiter
 	admin     []byte // SHA-256 of the admin token; nil when admin calls are off
-	apps      appCache
+	apps      store.AppCache
 	logger    *slog.Logger
 	// accepted is called once per message appended to the push log.
 	accepted func(ctx context.Context)
@@ -82,7 +82,7 @@ func (s *service) authenticateApp(ctx context.Context, key, secret string) (stor
 	if key == "" || secret == "" {
 		return store.App{}, fmt.Errorf("%w: app key and secret required", herald.ErrUnauthenticated)
 	}
-	app, err := s.apps.get(ctx, s.store, key, s.now())
+	app, err := s.apps.Get(ctx, s.store, key, s.now())
 	if errors.Is(err, herald.ErrAppNotFound) {
 		return store.App{}, fmt.Errorf("%w: wrong app key or secret", herald.ErrUnauthenticated)
 	}

@@ -68,7 +68,7 @@ func (s *service) updateApp(ctx context.Context, appID string, c appSettings) (s
 	if err := s.store.UpdateApp(ctx, a); err != nil {
 		return store.App{}, fmt.Errorf("update app: %w", err)
 	}
-	s.apps.forget(a.Key) // this instance sees the change at once, others within appCacheTTL
+	s.apps.Forget(a.Key) // this instance sees the change at once, others within store.AppCacheTTL
 	s.logger.InfoContext(ctx, "app settings changed", "app_id", a.ID,
 		"rate_limit", a.RateLimit, "daily_cap", a.DailyCap, "webhook", a.WebhookURL != "")
 	return a, nil

@@ -131,12 +131,13 @@ type Deps struct {
 
 // Gateway is the access-layer role.
 type Gateway struct {
-	cfg    Config
-	deps   Deps
-	log    *slog.Logger
-	wheel  *timewheel.Wheel
-	nextID atomic.Uint64
-	m      metrics
+	cfg     Config
+	deps    Deps
+	log     *slog.Logger
+	appKeys store.AppCache // handshakes look the app key up here (store.AppCacheTTL)
+	wheel   *timewheel.Wheel
+	nextID  atomic.Uint64
+	m       metrics
 
 	mu       sync.RWMutex
 	sessions map[string]*session   // by route key

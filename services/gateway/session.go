@@ -214,7 +214,7 @@ func (g *Gateway) authenticate(ctx context.Context, req *devicev1.Connect) (stor
 	if req.GetAppKey() == "" || req.GetDeviceId() == "" || req.GetDeviceToken() == "" {
 		return store.Device{}, herald.ErrUnauthenticated
 	}
-	app, err := g.deps.Registry.AppByKey(ctx, req.GetAppKey())
+	app, err := g.appKeys.Get(ctx, g.deps.Registry, req.GetAppKey(), time.Now())
 	if errors.Is(err, herald.ErrAppNotFound) {
 		return store.Device{}, herald.ErrUnauthenticated
 	} else if err != nil {
