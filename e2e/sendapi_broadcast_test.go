@@ -117,7 +117,7 @@ func TestBroadcastReplayRules(t *testing.T) {
 // reconnect, the gateway replays what they missed, and the SDK drops what
 // they already had, so every app still sees the message exactly once.
 func TestBroadcastWhileReconnecting(t *testing.T) {
-	n := 1000
+	n := 1200 // above the gateway's parallelMin: the writes are split across goroutines
 	p := startPlatform(t, testConfig(t))
 	api := apiFor(t, p.api)
 	ap := api.createApp(t, "broadcast-reconnect")

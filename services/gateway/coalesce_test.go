@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -239,6 +240,23 @@ func BenchmarkBroadcastBatch(b *testing.B) {
 				}
 				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n*size), "ns/delivery")
 			})
+		}
+	}
+}
+
+// inParallel covers every index exactly once, whether it splits or not.
+func TestInParallelCoversEachIndexOnce(t *testing.T) {
+	for _, n := range []int{0, 1, parallelMin - 1, parallelMin, parallelMin + 1, 5003} {
+		seen := make([]atomic.Int32, n)
+		inParallel(n, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				seen[i].Add(1)
+			}
+		})
+		for i := range seen {
+			if got := seen[i].Load(); got != 1 {
+				t.Fatalf("n=%d: index %d visited %d times", n, i, got)
+			}
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -296,12 +297,43 @@ func (g *Gateway) broadcast(ctx context.Context, env *internalv1.Envelope, c *co
 	g.emit(receipt.Receipt{AppID: appID, MessageID: id, Event: receipt.EventSent, Count: int64(len(matched)), Group: true, AtMS: now.UnixMilli()})
 	if spread := time.Duration(env.GetSpreadOverMs()) * time.Millisecond; spread > 0 && len(matched) > 1 {
 		g.pace(f, matched, spread)
+	} else if c == nil && f.badgeAdd == 0 {
+		// Shared frame, a write per session: split across the cores.
+		inParallel(len(matched), func(lo, hi int) {
+			for _, s := range matched[lo:hi] {
+				f.send(ctx, s, nil)
+			}
+		})
 	} else {
 		for _, s := range matched {
 			f.send(ctx, s, c)
 		}
 	}
 	return int64(len(matched)), nil
+}
+
+// parallelMin is the number of sessions from which a fan-out's writes are
+// split across GOMAXPROCS goroutines. A write to a socket costs
+// microseconds of kernel time (on loopback it also delivers to the
+// reader), so one goroutine writing to tens of thousands of sessions keeps
+// one core busy while the others wait; below this, goroutines cost more
+// than they save.
+const parallelMin = 1024
+
+// inParallel calls fn over [0, n) in up to GOMAXPROCS contiguous chunks,
+// concurrently when n >= parallelMin, and returns when all have returned.
+func inParallel(n int, fn func(lo, hi int)) {
+	w := runtime.GOMAXPROCS(0)
+	if n < parallelMin || w < 2 {
+		fn(0, n)
+		return
+	}
+	step := (n + w - 1) / w
+	var wg sync.WaitGroup
+	for lo := 0; lo < n; lo += step {
+		wg.Go(func() { fn(lo, min(lo+step, n)) })
+	}
+	wg.Wait()
 }
 
 // coalescer gathers the plain group pushes (high priority, not paced) of
@@ -313,7 +345,6 @@ type coalescer struct {
 	slots  []coalesced        // by first push, so sessions are written in match order
 	frames []queuedPush       // the frames pushed, each once
 	pushes []coalescedPush
-	buf    []byte // scratch: one session's frames joined (writes copy or finish with it)
 }
 
 type coalesced struct {
@@ -356,21 +387,26 @@ func (c *coalescer) flush() {
 	if len(c.slots) == 0 {
 		return
 	}
-	var qs []queuedPush
-	for _, sl := range c.slots {
-		qs = qs[:0]
-		for p := sl.head; p >= 0; p = c.pushes[p].next {
-			qs = append(qs, c.frames[c.pushes[p].frame])
+	// Each session once, so chunks of sessions can be written concurrently.
+	inParallel(len(c.slots), func(lo, hi int) {
+		var (
+			qs  []queuedPush
+			buf []byte
+		)
+		for _, sl := range c.slots[lo:hi] {
+			qs = qs[:0]
+			for p := sl.head; p >= 0; p = c.pushes[p].next {
+				qs = append(qs, c.frames[c.pushes[p].frame])
+			}
+			buf = sl.s.pushGroups(qs, buf[:0])
 		}
-		c.buf = sl.s.pushGroups(qs, c.buf[:0])
-	}
+	})
 	clear(c.slot)
 	clear(c.slots)
 	c.slots = c.slots[:0]
 	clear(c.frames)
 	c.frames = c.frames[:0]
 	c.pushes = c.pushes[:0]
-	c.buf = nil
 }
 
 // fanout is one group message being pushed to this gateway's sessions.
