@@ -386,6 +386,7 @@ func (b *bench) runFanout(ctx context.Context) error {
 	}
 	for r := range b.opt.Repeats {
 		key := "f" + strconv.Itoa(r)
+		b.quiesce(ctx)
 		t0 := time.Now()
 		data := map[string]string{"r": key, "t": strconv.FormatInt(t0.UnixNano(), 10)}
 		if err := b.snd.broadcast(ctx, data, b.opt.BcastTTL); err != nil {
@@ -407,6 +408,32 @@ func (b *bench) runFanout(ctx context.Context) error {
 	}
 	finishFanout(res)
 	return nil
+}
+
+// quiesce waits until herald is quiet (at most one 10 ms CPU tick over
+// 200 ms, summed over its processes), for up to 5 s, so that a fan-out
+// round starts on an idle server, as a raw round does, and not while the
+// server still handles the previous round's acks and receipts.
+func (b *bench) quiesce(ctx context.Context) {
+	if len(b.tgt.PIDs) == 0 {
+		return
+	}
+	prev, _, err := sampleProcs(b.tgt.PIDs)
+	if err != nil {
+		return
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-ctx.Done():
+			return
+		}
+		cur, _, err := sampleProcs(b.tgt.PIDs)
+		if err != nil || cur.CPUSeconds-prev.CPUSeconds <= 0.011 {
+			return
+		}
+		prev = cur
+	}
 }
 
 // runSustained sends a broadcast every BcastEvery for BcastFor to every
