@@ -13,8 +13,6 @@ import (
 	"os/signal"
 	"syscall"
 
-	nbiolog "github.com/lesismal/nbio/logging"
-
 	"github.com/heraldpush/herald/pkg/config"
 	"github.com/heraldpush/herald/pkg/server"
 )
@@ -46,9 +44,6 @@ func run() int {
 		return 0
 	}
 	logger := cfg.Log.NewLogger(os.Stderr)
-	// The event-loop library logs to stdout through its own global logger;
-	// Herald logs what matters itself.
-	nbiolog.SetLevel(nbiolog.LevelError)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if migrate {

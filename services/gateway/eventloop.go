@@ -7,49 +7,38 @@ import (
 	"sync"
 	"time"
 
-	"github.com/lesismal/nbio"
-
 	"github.com/heraldpush/herald/api/frame"
 	"github.com/heraldpush/herald/pkg/timewheel"
+	"github.com/heraldpush/herald/services/gateway/internal/netpoll"
 )
 
 // I/O models of Config.IO.
 const (
 	// IOGoroutine runs one reader goroutine per connection.
 	IOGoroutine = "goroutine"
-	// IOEventLoop multiplexes connections on epoll event loops (nbio); the
-	// blocking session work runs on a bounded worker pool.
+	// IOEventLoop multiplexes connections on epoll event loops (package
+	// netpoll, Linux only); the blocking session work runs on a bounded
+	// worker pool.
 	IOEventLoop = "eventloop"
 )
 
 // eventLoop is the event-loop I/O model: the gateway's own listener accepts,
-// each connection is handed to an nbio engine (a few epoll loops), and the
-// loops decode frames incrementally. PING and PONG are answered on the loop;
-// every other frame (CONNECT auth, acks, upstream appends all call the
-// store) goes to the session's queue, which one worker at a time runs, so a
-// session's frames are handled in order and never on a loop.
+// each connection is handed to a netpoll poller (a few epoll loops that park
+// in the runtime's netpoller), and the loops decode frames incrementally.
+// PING and PONG are answered on the loop; every other frame (CONNECT auth,
+// acks, upstream appends all call the store) goes to the session's queue,
+// which one worker at a time runs, so a session's frames are handled in
+// order and never on a loop.
 type eventLoop struct {
 	g    *Gateway
 	ctx  context.Context
-	eng  *nbio.Engine
+	poll *netpoll.Poller
 	work chan *session
 	bufs bufPool
 
 	workers  sync.WaitGroup
 	sessions sync.WaitGroup // sessions whose cleanup has not run
-	handoffs [64]sync.Mutex
-	started  time.Time
 }
-
-// nbio's pollers clear their stop flag when their goroutine first runs, so
-// an Engine.Stop that lands before that is lost and Stop waits forever
-// (nbio v1.6.8, poller_epoll.go readWriteLoop). The gateway therefore never
-// stops its loops sooner than loopSettle after starting them, and gives up
-// waiting for them after loopStopWait, so a shutdown always ends.
-const (
-	loopSettle   = 100 * time.Millisecond
-	loopStopWait = 5 * time.Second
-)
 
 // jobKind is what a session's queue entry asks the worker to do.
 type jobKind uint8
@@ -87,21 +76,20 @@ type evState struct {
 func newEventLoop(ctx context.Context, g *Gateway) (*eventLoop, error) {
 	procs := runtime.GOMAXPROCS(0)
 	l := &eventLoop{g: g, ctx: ctx, work: make(chan *session, 4096)}
-	l.eng = nbio.NewEngine(nbio.Config{
-		Name:           "herald-gateway",
-		NPoller:        procs,
+	p, err := netpoll.New(netpoll.Config{
+		Loops:          procs,
 		ReadBufferSize: 16 << 10,
-		// A device that does not read its socket: nbio closes the connection
+		// A device that does not read its socket: the connection is closed
 		// once this much is queued in user space (the kernel buffer is full).
-		MaxWriteBufferSize: max(4<<20, 4*g.cfg.MaxFrameBytes),
+		MaxWriteBuffer: max(4<<20, 4*g.cfg.MaxFrameBytes),
+		OnOpen:         l.onOpen,
+		OnData:         l.onData,
+		OnClose:        l.onClose,
 	})
-	l.eng.OnOpen(l.onOpen)
-	l.eng.OnData(l.onData)
-	l.eng.OnClose(l.onClose)
-	if err := l.eng.Start(); err != nil {
+	if err != nil {
 		return nil, err
 	}
-	l.started = time.Now()
+	l.poll = p
 	// Store calls block for milliseconds: enough workers to keep the store
 	// busy, few enough that a store outage cannot pile up goroutines.
 	n := max(16, 8*procs)
@@ -114,26 +102,16 @@ func newEventLoop(ctx context.Context, g *Gateway) (*eventLoop, error) {
 
 // attach hands an accepted connection to the loops.
 func (l *eventLoop) attach(c net.Conn) {
-	if _, err := l.eng.AddConn(c); err != nil {
+	if _, err := l.poll.Add(c); err != nil { // c is closed in every case
 		l.g.log.Warn("attach connection to event loop", "err", err)
-		_ = c.Close()
 	}
 }
 
-// stop waits for every session's cleanup, then stops the loops and workers.
+// stop waits for every session's cleanup, then stops the loops (no
+// callback runs after that) and the workers.
 func (l *eventLoop) stop() {
 	l.sessions.Wait()
-	time.Sleep(time.Until(l.started.Add(loopSettle)))
-	stopped := make(chan struct{})
-	go func() {
-		l.eng.Stop()
-		close(stopped)
-	}()
-	select {
-	case <-stopped:
-	case <-time.After(loopStopWait):
-		l.g.log.Error("event loops did not stop; leaving them", "waited", loopStopWait)
-	}
+	l.poll.Stop()
 	close(l.work)
 	l.workers.Wait()
 }
@@ -145,28 +123,26 @@ func (l *eventLoop) worker() {
 	}
 }
 
-func (l *eventLoop) onOpen(c *nbio.Conn) {
+// onOpen runs in netpoll.Poller.Add, before the connection can deliver
+// data or be closed by anything but this session.
+func (l *eventLoop) onOpen(c *netpoll.Conn) {
 	g := l.g
 	s := g.newSession(c)
 	ev := &evState{l: l}
 	s.ev = ev
+	c.SetSession(s) // before anything below can close the connection
 	l.sessions.Add(1)
 	if g.track(s) {
 		g.m.connections.Add(l.ctx, 1)
 		ev.counted = true
 		ev.hs = s.armHandshakeTimeout()
 	} else {
-		// Not from here: the connection is not registered with its loop yet.
+		// Not from here: onClose would queue the cleanup from inside Add.
 		go s.closeWith(frame.CodeShutdown, "gateway shutting down", 0)
 	}
-	// Publish the session to the loop goroutine (see sessionOf).
-	mu := l.handoff(c)
-	mu.Lock()
-	c.SetSession(s)
-	mu.Unlock()
 }
 
-func (l *eventLoop) onClose(c *nbio.Conn, _ error) {
+func (l *eventLoop) onClose(c *netpoll.Conn, _ error) {
 	s := l.sessionOf(c)
 	if s == nil {
 		return
@@ -175,7 +151,7 @@ func (l *eventLoop) onClose(c *nbio.Conn, _ error) {
 }
 
 // onData runs on a loop goroutine: decode what is complete, keep the rest.
-func (l *eventLoop) onData(c *nbio.Conn, data []byte) {
+func (l *eventLoop) onData(c *netpoll.Conn, data []byte) {
 	s := l.sessionOf(c)
 	if s == nil {
 		return
@@ -206,20 +182,10 @@ func (l *eventLoop) onData(c *nbio.Conn, data []byte) {
 	l.keep(s, buf)
 }
 
-// handoff is the lock that publishes c's session from the accepting
-// goroutine to c's loop. nbio hands the connection over through epoll,
-// which Go's memory model (and the race detector) does not see; the locks
-// are sharded by fd and live as long as the loop, so the loop's lookup is
-// one uncontended lock.
-func (l *eventLoop) handoff(c *nbio.Conn) *sync.Mutex {
-	return &l.handoffs[uint(c.Hash())%uint(len(l.handoffs))]
-}
-
-func (l *eventLoop) sessionOf(c *nbio.Conn) *session {
-	mu := l.handoff(c)
-	mu.Lock()
+// sessionOf returns the session onOpen attached (netpoll orders OnOpen
+// before OnData and OnClose).
+func (l *eventLoop) sessionOf(c *netpoll.Conn) *session {
 	s, _ := c.Session().(*session)
-	mu.Unlock()
 	return s
 }
 

@@ -8,8 +8,8 @@ import (
 )
 
 // A gateway on event loops stopped right after it started must still stop
-// (nbio's pollers could miss a stop that came before they first ran, and
-// Run then never returned). gatewaytest's Stop fails the test if Run does
+// (the nbio loops used until 2026-11-29 could miss a stop that came before
+// they first ran, and Run then never returned; netpoll must not regress). gatewaytest's Stop fails the test if Run does
 // not return within gatewaytest.Wait.
 func TestEventLoopGatewayStopsRightAfterStarting(t *testing.T) {
 	for i := range 30 {
