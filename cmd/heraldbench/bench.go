@@ -386,7 +386,7 @@ func (b *bench) runFanout(ctx context.Context) error {
 	}
 	for r := range b.opt.Repeats {
 		key := "f" + strconv.Itoa(r)
-		b.quiesce(ctx)
+		b.quiesce(ctx, 5*time.Second)
 		t0 := time.Now()
 		data := map[string]string{"r": key, "t": strconv.FormatInt(t0.UnixNano(), 10)}
 		if err := b.snd.broadcast(ctx, data, b.opt.BcastTTL); err != nil {
@@ -411,10 +411,11 @@ func (b *bench) runFanout(ctx context.Context) error {
 }
 
 // quiesce waits until herald is quiet (at most one 10 ms CPU tick over
-// 200 ms, summed over its processes), for up to 5 s, so that a fan-out
+// 200 ms, summed over its processes), for up to limit, so that a fan-out
 // round starts on an idle server, as a raw round does, and not while the
-// server still handles the previous round's acks and receipts.
-func (b *bench) quiesce(ctx context.Context) {
+// server still handles the previous round's acks and receipts; likewise
+// each unicast run.
+func (b *bench) quiesce(ctx context.Context, limit time.Duration) {
 	if len(b.tgt.PIDs) == 0 {
 		return
 	}
@@ -422,7 +423,7 @@ func (b *bench) quiesce(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); {
 		select {
 		case <-time.After(200 * time.Millisecond):
 		case <-ctx.Done():
@@ -595,6 +596,7 @@ func (b *bench) runUnicast(ctx context.Context) error {
 	}
 	for run, rate := range b.opt.Rates {
 		key := "u" + strconv.Itoa(run)
+		b.quiesce(ctx, 30*time.Second)
 		if _, err := b.fleet.same(ctx, Command{Op: "reset"}); err != nil {
 			return err
 		}
