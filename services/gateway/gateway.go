@@ -40,6 +40,7 @@ import (
 	"github.com/heraldpush/herald/pkg/route"
 	"github.com/heraldpush/herald/pkg/store"
 	"github.com/heraldpush/herald/pkg/timewheel"
+	"github.com/heraldpush/herald/services/gateway/internal/netpoll"
 )
 
 // Config is the gateway's part of the Herald configuration.
@@ -222,7 +223,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 	)
 	if g.cfg.IO == IOEventLoop {
 		loop, err = newEventLoop(ctx, g)
-		if err != nil {
+		switch {
+		case errors.Is(err, netpoll.ErrUnsupported):
+			// The default everywhere; a laptop without epoll still runs.
+			g.log.Warn("event loops need Linux; serving with a goroutine per connection", "io", IOGoroutine)
+			loop = nil
+		case err != nil:
 			_ = ln.Close()
 			return fmt.Errorf("gateway: start event loops: %w", err)
 		}

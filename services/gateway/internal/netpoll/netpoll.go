@@ -44,6 +44,9 @@ type Config struct {
 // ErrStopped is returned by Add after Stop.
 var ErrStopped = errors.New("netpoll: poller stopped")
 
+// ErrUnsupported is returned by New on systems without epoll.
+var ErrUnsupported = errors.New("netpoll: event loops need Linux (epoll)")
+
 // ErrWriteBufferFull is the close reason of a connection whose queued
 // writes passed Config.MaxWriteBuffer.
 var ErrWriteBufferFull = errors.New("netpoll: write buffer full")

@@ -2,13 +2,7 @@
 
 package netpoll
 
-import (
-	"errors"
-	"net"
-)
-
-// ErrUnsupported is returned by New on systems without epoll.
-var ErrUnsupported = errors.New("netpoll: event loops need Linux (epoll); use gateway.io: goroutine")
+import "net"
 
 // Poller is unavailable on this system: New fails.
 type Poller struct{}
