@@ -130,10 +130,7 @@ func TestMarkdown(t *testing.T) {
 		Sustained: &SustainedResult{N: 19000, Every: "10ms", SendSeconds: 3, Delivered: 570000, Expected: 570000,
 			DeliveriesPerS: 90000, CPUMicrosPerDelivery: 12.5, FramesPerWrite: 1},
 	}
-	var buf bytes.Buffer
-	r.WriteMarkdown(&buf)
-	md := buf.String()
-	for _, want := range []string{
+	markdownHas(t, r,
 		"| user-space memory per idle connection (RSS slope, N up to 19000) | 1800 B | <= 2048 B at 19,000 | met |",
 		"| 2.50 % of a core | <= 1 % at 19,000 / 30 s | not met |",
 		"| handshakes/s, connect ramp | 25000 /s | >= 20,000 /s | met |",
@@ -145,11 +142,7 @@ func TestMarkdown(t *testing.T) {
 		"deliveries/s | 90000 /s (570000 of 570000) |",
 		"| sustained broadcast: server CPU per delivery | 12.50 µs (1.00 frames per write) |",
 		"PROJECTION",
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("markdown lacks %q:\n%s", want, md)
-		}
-	}
+	)
 }
 
 func TestMarkdownMultiGateway(t *testing.T) {
@@ -159,19 +152,12 @@ func TestMarkdownMultiGateway(t *testing.T) {
 		Fanout: &FanoutResult{N: 3000, Processes: 3, P50Ms: 100, PerSecond: 30000},
 		Raw:    &FanoutResult{N: 3000, Processes: 3, P50Ms: 50, PerSecond: 60000},
 	}
-	var buf bytes.Buffer
-	r.WriteMarkdown(&buf)
-	md := buf.String()
-	for _, want := range []string{
+	md := markdownHas(t, r,
 		"RSS slope, summed over 3 gateways, N up to 3000",
 		"| fan-out across 3 gateway processes, 3000 devices: aggregate deliveries/s (devices / p50 completion) | 30000 /s (raw writer over 3 processes: 60000 /s), 50 % of raw | >= 70 % of raw at >= 8 gateways, >= 150,000 | not met at this size",
 		"RSS per gateway process at N = 0: 10.0 MiB, 11.0 MiB, 12.0 MiB.",
 		"RSS per gateway process at N = 3000: 20.0 MiB, 21.0 MiB, 22.0 MiB.",
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("markdown lacks %q:\n%s", want, md)
-		}
-	}
+	)
 	if strings.Contains(md, "<= 1.2x") {
 		t.Errorf("multi-gateway markdown states the one-gateway p50 ratio target:\n%s", md)
 	}
@@ -370,4 +356,19 @@ func TestRawServers(t *testing.T) {
 			t.Fatalf("round %s: %d deliveries, want %d (%d passes to %d devices)", key, got, want, passes, n)
 		}
 	}
+}
+
+// markdownHas renders r as markdown, checks that it contains every wanted
+// piece, and returns it.
+func markdownHas(tb testing.TB, r *Result, wants ...string) string {
+	tb.Helper()
+	var buf bytes.Buffer
+	r.WriteMarkdown(&buf)
+	md := buf.String()
+	for _, want := range wants {
+		if !strings.Contains(md, want) {
+			tb.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+	return md
 }

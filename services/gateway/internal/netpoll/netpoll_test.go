@@ -33,6 +33,37 @@ type callbacks struct {
 	onClose func(c *Conn, err error)
 }
 
+// pollerAndListener starts a Poller with cfg and a listener on loopback;
+// both are stopped when the test ends (the listener first).
+func pollerAndListener(tb testing.TB, cfg Config) (*Poller, net.Listener) {
+	tb.Helper()
+	p, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(p.Stop)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = ln.Close() })
+	return p, ln
+}
+
+// acceptAdd accepts the next connection of ln and adds it to p.
+func acceptAdd(tb testing.TB, p *Poller, ln net.Listener) *Conn {
+	tb.Helper()
+	nc, err := ln.Accept()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c, err := p.Add(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
 func startServer(tb testing.TB, cfg Config, cb callbacks) *server {
 	tb.Helper()
 	s := &server{conns: make(chan *Conn, 1024), closes: make(chan closeEvent, 1024)}
@@ -48,14 +79,7 @@ func startServer(tb testing.TB, cfg Config, cb callbacks) *server {
 		}
 		s.closes <- closeEvent{c, err}
 	}
-	p, err := New(cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
+	p, ln := pollerAndListener(tb, cfg)
 	s.p, s.ln = p, ln
 	accepted := make(chan struct{})
 	go func() {
@@ -70,10 +94,9 @@ func startServer(tb testing.TB, cfg Config, cb callbacks) *server {
 			}
 		}
 	}()
-	tb.Cleanup(func() {
+	tb.Cleanup(func() { // before pollerAndListener's: the accept loop ends first
 		_ = ln.Close()
 		<-accepted
-		p.Stop()
 	})
 	return s
 }
@@ -262,16 +285,8 @@ func TestWriteAfterClose(t *testing.T) {
 // A writer holding a closed conn must not write to the file that reuses
 // its descriptor number.
 func TestStaleConnDoesNotWriteToReusedFD(t *testing.T) {
-	p, err := New(Config{Loops: 1, OnData: func(*Conn, []byte) {}, OnClose: func(*Conn, error) {}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Stop()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	p, ln := pollerAndListener(t, Config{Loops: 1, OnData: func(*Conn, []byte) {}, OnClose: func(*Conn, error) {}})
+	var err error
 	// Both peers first, so that no client socket takes a freed number; the
 	// accepts are then a's (accepted fd N, dup M > N) and b's, whose dup
 	// gets M again once a is closed.
@@ -282,21 +297,10 @@ func TestStaleConnDoesNotWriteToReusedFD(t *testing.T) {
 		}
 		defer peers[i].Close()
 	}
-	add := func() *Conn {
-		nc, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := p.Add(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	a := add()
+	a := acceptAdd(t, p, ln)
 	fd := a.fd
 	_ = a.Close()
-	b := add()
+	b := acceptAdd(t, p, ln)
 	if b.fd != fd {
 		t.Skipf("the descriptor number was not reused (%d, then %d)", fd, b.fd)
 	}
@@ -475,21 +479,12 @@ func TestStopRightAfterNew(t *testing.T) {
 // still runs once, and the conn is never registered.
 func TestCloseDuringOpen(t *testing.T) {
 	closes := make(chan error, 10)
-	p, err := New(Config{
+	p, ln := pollerAndListener(t, Config{
 		Loops:   1,
 		OnOpen:  func(c *Conn) { _ = c.Close() },
 		OnData:  func(*Conn, []byte) { t.Error("OnData for a conn closed in OnOpen") },
 		OnClose: func(_ *Conn, err error) { closes <- err },
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Stop()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	go func() {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err == nil {
@@ -498,14 +493,7 @@ func TestCloseDuringOpen(t *testing.T) {
 			_ = c.Close()
 		}
 	}()
-	nc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := p.Add(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := acceptAdd(t, p, ln)
 	if len(closes) != 1 {
 		t.Fatalf("%d OnClose calls, want 1", len(closes))
 	}
@@ -526,7 +514,7 @@ func TestWriteBeforeRegistration(t *testing.T) {
 	const total = 8 << 20 // more than loopback's socket buffers
 	want := make([]byte, total)
 	pattern(want, 0)
-	p, err := New(Config{
+	p, ln := pollerAndListener(t, Config{
 		Loops:          1,
 		MaxWriteBuffer: 2 * total,
 		OnOpen: func(c *Conn) {
@@ -537,28 +525,12 @@ func TestWriteBeforeRegistration(t *testing.T) {
 		OnData:  func(*Conn, []byte) {},
 		OnClose: func(*Conn, error) {},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Stop()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	peer, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer peer.Close()
-	nc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := p.Add(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := acceptAdd(t, p, ln)
 	if queued(c) == 0 {
 		t.Fatal("nothing was queued: the test does not test anything")
 	}
