@@ -49,7 +49,24 @@ type bench struct {
 	res   *Result
 	log   io.Writer
 	conn  int // devices connected so far (a prefix of devs)
-	seq   atomic.Uint64
+	// writeErrs is the devices' failed writes already reported.
+	writeErrs uint64
+	seq       atomic.Uint64
+}
+
+// noteWriteErrors records a problem when the devices failed writes during
+// mode m: a failed ACK makes herald redeliver after its ack timeout, which
+// skews every figure that follows.
+func (b *bench) noteWriteErrors(ctx context.Context, m string) {
+	if b.fleet == nil {
+		return
+	}
+	t, err := b.fleet.stats(ctx)
+	if err != nil || t.WriteErrs <= b.writeErrs {
+		return
+	}
+	b.res.Problems = append(b.res.Problems, fmt.Sprintf("%s: the devices failed %d writes (ACK, PING or PONG); the figures are suspect", m, t.WriteErrs-b.writeErrs))
+	b.writeErrs = t.WriteErrs
 }
 
 func (b *bench) logf(format string, args ...any) {

@@ -179,6 +179,7 @@ type total struct {
 	Unique     uint64
 	Closed     uint64
 	Pings      uint64
+	WriteErrs  uint64
 	Latency    Histogram
 	Rounds     map[string]RoundAt
 }
@@ -196,6 +197,7 @@ func (f *fleet) stats(ctx context.Context) (total, error) {
 		t.Unique += ev.Unique
 		t.Closed += ev.Closed
 		t.Pings += ev.Pings
+		t.WriteErrs += ev.WriteErrs
 		if ev.Latency != nil {
 			t.Latency.Merge(*ev.Latency)
 		}

@@ -196,7 +196,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		failed = true
 	} else {
 		for _, m := range modes {
-			if err := b.runMode(ctx, m); err != nil {
+			err := b.runMode(ctx, m)
+			b.noteWriteErrors(ctx, m)
+			if err != nil {
 				b.logf("%s failed: %v", m, err)
 				res.Problems = append(res.Problems, m+": "+err.Error())
 				failed = true

@@ -60,8 +60,9 @@ type Event struct {
 	Handshakes uint64             `json:"handshakes,omitempty"`
 	Received   uint64             `json:"received,omitempty"`
 	Unique     uint64             `json:"unique,omitempty"`
-	Closed     uint64             `json:"closed,omitempty"` // connections the server ended
-	Pings      uint64             `json:"pings,omitempty"`  // PINGs written since the last reset
+	Closed     uint64             `json:"closed,omitempty"`       // connections the server ended
+	Pings      uint64             `json:"pings,omitempty"`        // PINGs written since the last reset
+	WriteErrs  uint64             `json:"write_errors,omitempty"` // failed device writes since the worker started
 	Latency    *Histogram         `json:"latency,omitempty"`
 	Rounds     map[string]RoundAt `json:"rounds,omitempty"`
 }
@@ -117,6 +118,7 @@ type worker struct {
 	handshakes atomic.Uint64
 	closed     atomic.Uint64
 	pings      atomic.Uint64
+	writeErrs  atomic.Uint64 // failed PING, PONG and ACK writes, never reset
 	paused     atomic.Bool
 }
 
@@ -313,7 +315,9 @@ func (c *devConn) ping() {
 	}
 	if c.conn != nil {
 		_ = c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		_, _ = c.conn.Write(frame.Ping)
+		if _, err := c.conn.Write(frame.Ping); err != nil {
+			c.w.writeErrs.Add(1)
+		}
 		c.w.pings.Add(1)
 	}
 	if c.timer != nil {
@@ -345,13 +349,17 @@ func (c *devConn) read(conn net.Conn, rd *frame.Reader) {
 				// still apply, and 5 s after a device's first PING every
 				// ACK would fail with a timeout (the server then redelivers).
 				_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-				_, _ = conn.Write(ack)
+				if _, err := conn.Write(ack); err != nil {
+					c.w.writeErrs.Add(1)
+				}
 			}
 			c.mu.Unlock()
 		case frame.TypePing:
 			c.mu.Lock()
 			_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			_, _ = conn.Write(frame.Pong)
+			if _, err := conn.Write(frame.Pong); err != nil {
+				c.w.writeErrs.Add(1)
+			}
 			c.mu.Unlock()
 		case frame.TypeDisconnect:
 			c.w.closed.Add(1)
@@ -400,7 +408,7 @@ func (w *worker) stats() Event {
 		rounds[k] = *v
 	}
 	return Event{Ev: "stats", Connected: live, Handshakes: w.handshakes.Load(), Received: w.received,
-		Unique: w.seen.Count(), Closed: w.closed.Load(), Pings: w.pings.Load(), Latency: &h, Rounds: rounds}
+		Unique: w.seen.Count(), Closed: w.closed.Load(), Pings: w.pings.Load(), WriteErrs: w.writeErrs.Load(), Latency: &h, Rounds: rounds}
 }
 
 // setPaused stops or restarts the heartbeats. Devices whose ping fell due
